@@ -1,0 +1,321 @@
+"""The ConvNeXt backbone (V1 and V2) for dense prediction with mmdet 3.x and mmseg 1.x.
+
+Model math only: checkpoint reading and key conversion live in ``checkpoint.py``. Parameter names
+follow the official release (``downsample_layers.*``, ``stages.i.j.*``, ``norm0..3``), so official
+detection/segmentation checkpoints load without renaming.
+
+Note:
+    We keep activations in NHWC (channels last) from the stem to the outputs: the depthwise conv
+    runs on a channels-last view, LayerNorm and the pointwise Linear layers work on the last
+    dimension, so no block copies its input between layouts. The official code permutes twice per
+    block. Outputs are NCHW tensors in channels-last memory; call ``.contiguous()`` if you need
+    NCHW memory.
+"""
+from typing import Dict, Optional, Sequence, Set, Tuple, Union
+
+import torch
+from mmengine.model import BaseModule
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .registry import MODELS
+
+ARCH_SETTINGS: Dict[str, dict] = {
+    'tiny': dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
+    'small': dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
+    'base': dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
+    'large': dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
+    'xlarge': dict(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048)),
+    'v2-atto': dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), use_grn=True),
+    'v2-femto': dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), use_grn=True),
+    'v2-pico': dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), use_grn=True),
+    'v2-nano': dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), use_grn=True),
+    'v2-tiny': dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), use_grn=True),
+    'v2-base': dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), use_grn=True),
+    'v2-large': dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), use_grn=True),
+    'v2-huge': dict(depths=(3, 3, 27, 3), dims=(352, 704, 1408, 2816), use_grn=True),
+}
+LN_EPS = 1e-6
+DECAY_TYPES = ('layer_wise', 'stage_wise')
+
+
+class GRN(nn.Module):
+    """Global Response Normalization (ConvNeXt V2) on NHWC input.
+
+    Args:
+        dim (int): Number of channels.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        # (1, 1, 1, C) as in the official release, so its checkpoints load unchanged.
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)  # (N, 1, 1, C)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+class Block(nn.Module):
+    """ConvNeXt block: dwconv 7x7 -> LN -> Linear 4x -> GELU [-> GRN] -> Linear -> scale -> +x.
+
+    Works on NHWC tensors, (N, H, W, C) -> (N, H, W, C).
+
+    Args:
+        dim (int): Number of channels.
+        drop_path (float): Stochastic depth rate of this block. Defaults to 0.
+        layer_scale_init_value (float): Initial layer scale; 0 disables it. Defaults to 1e-6.
+        use_grn (bool): Add GRN after GELU (V2). Defaults to False.
+    """
+
+    def __init__(self, dim: int, drop_path: float = 0., layer_scale_init_value: float = 1e-6,
+                 use_grn: bool = False) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.grn = GRN(4 * dim) if use_grn else None
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = (nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
+                      if layer_scale_init_value > 0 else None)
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x                                                  # (N, H, W, C)
+        # A channels-last view of x: the conv reads and writes NHWC memory, no copy.
+        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)    # (N, H, W, C)
+        x = self.norm(x)
+        x = self.act(self.pwconv1(x))                                 # (N, H, W, 4C)
+        if self.grn is not None:
+            x = self.grn(x)
+        x = self.pwconv2(x)                                           # (N, H, W, C)
+        if self.gamma is not None:
+            x = x * self.gamma
+        if self.training and self.drop_path > 0:
+            keep = 1 - self.drop_path
+            mask = x.new_empty(x.shape[0], 1, 1, 1).bernoulli_(keep)
+            x = x * mask.div_(keep)
+        return shortcut + x
+
+
+@MODELS.register_module()
+class ConvNeXt(BaseModule):
+    """Multi-scale ConvNeXt backbone (V1 and V2) emitting normalised stage features.
+
+    Each emitted stage output passes through its own LayerNorm ``norm{i}`` (eps 1e-6), as in the
+    official detection and segmentation code.
+
+    Args:
+        arch (str | dict): One of ``ARCH_SETTINGS`` ('tiny', 'small', 'base', 'large', 'xlarge',
+            'v2-atto' ... 'v2-huge') or ``dict(depths=(4 ints), dims=(4 ints), use_grn=False)``.
+            Defaults to 'tiny'.
+        in_channels (int): Channels of the input image. Defaults to 3.
+        out_indices (Sequence[int] | int): Stages to emit (0..3, negative counts from the end).
+            Outputs come in stage order. Defaults to (0, 1, 2, 3).
+        drop_path_rate (float): Stochastic depth rate, growing linearly from 0 over all blocks.
+            Defaults to 0.
+        layer_scale_init_value (float): Initial layer scale of V1 blocks; 0 disables it. V2 archs
+            have no layer scale. Defaults to 1e-6.
+        frozen_stages (int): Freeze the stem and stages ``< frozen_stages`` (no grad, eval mode).
+            0 or -1 freezes nothing. Defaults to 0.
+        with_cp (bool): Checkpoint each block's activations to save memory in training.
+            Defaults to False.
+        init_cfg (dict | list[dict], optional): mmengine init config. ``dict(type='Pretrained',
+            checkpoint=PATH_OR_URL)`` loads any known ConvNeXt checkpoint layout (see
+            ``convnext_backbone.checkpoint``). Defaults to None.
+    """
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'tiny',
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = (0, 1, 2, 3),
+                 drop_path_rate: float = 0.,
+                 layer_scale_init_value: float = 1e-6,
+                 frozen_stages: int = 0,
+                 with_cp: bool = False,
+                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        setting = _arch_setting(arch)
+        self.depths: Tuple[int, ...] = tuple(setting['depths'])
+        self.dims: Tuple[int, ...] = tuple(setting['dims'])
+        self.use_grn: bool = bool(setting.get('use_grn', False))
+        self.out_indices: Tuple[int, ...] = _normalise_out_indices(out_indices)
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
+            raise ValueError(f'frozen_stages={frozen_stages!r} is out of range: use -1 or 0 '
+                             '(nothing frozen) up to 4 (stem and all four stages frozen)')
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f'in_channels={in_channels!r} must be a positive int')
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError(f'drop_path_rate={drop_path_rate!r} must be in [0, 1)')
+        self.in_channels = in_channels
+        self.frozen_stages = frozen_stages
+        self.with_cp = with_cp
+        self.out_channels: Tuple[int, ...] = tuple(self.dims[i] for i in self.out_indices)
+        self.out_strides: Tuple[int, ...] = tuple(4 * 2 ** i for i in self.out_indices)
+        if self.use_grn:
+            layer_scale_init_value = 0.  # V2 blocks have no layer scale
+
+        dims = self.dims
+        # downsample_layers[0] is the stem (conv 4x4/4, LN); [i] is (LN, conv 2x2/2).
+        self.downsample_layers = nn.ModuleList([nn.Sequential(
+            nn.Conv2d(in_channels, dims[0], kernel_size=4, stride=4),
+            nn.LayerNorm(dims[0], eps=LN_EPS))])
+        for i in range(1, 4):
+            self.downsample_layers.append(nn.Sequential(
+                nn.LayerNorm(dims[i - 1], eps=LN_EPS),
+                nn.Conv2d(dims[i - 1], dims[i], kernel_size=2, stride=2)))
+        total = sum(self.depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        self.stages = nn.ModuleList()
+        for i, depth in enumerate(self.depths):
+            first = sum(self.depths[:i])
+            self.stages.append(nn.Sequential(*[
+                Block(dims[i], rates[first + j], layer_scale_init_value, self.use_grn)
+                for j in range(depth)]))
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', nn.LayerNorm(dims[i], eps=LN_EPS))
+
+        self.apply(_init_module)
+        self._freeze_stages()
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(N, C_in, H, W) with H, W >= 32 -> tuple of (N, dims[i], H / 2**(i+2), W / 2**(i+2))."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'ConvNeXt expects input of shape (N, {self.in_channels}, H, W), '
+                             f'got {tuple(x.shape)}')
+        if min(x.shape[-2:]) < 32:
+            raise ValueError(f'input {x.shape[-2]}x{x.shape[-1]} is too small: ConvNeXt '
+                             'downsamples by 32, so H and W must be at least 32')
+        outs = []
+        for i in range(4):
+            if i == 0:
+                conv, norm = self.downsample_layers[0]
+                x = norm(conv(x.contiguous(memory_format=torch.channels_last))
+                         .permute(0, 2, 3, 1))                        # (N, H/4, W/4, C0)
+            else:
+                norm, conv = self.downsample_layers[i]
+                x = conv(norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            for block in self.stages[i]:
+                if self.with_cp and self.training and x.requires_grad:
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x).permute(0, 3, 1, 2))  # NCHW view
+        return tuple(outs)
+
+    # -- freezing ----------------------------------------------------------------------------
+    def _freeze_stages(self) -> None:
+        for i in range(max(self.frozen_stages, 0)):
+            for module in (self.downsample_layers[i], self.stages[i]):
+                module.eval()
+                for param in module.parameters():
+                    param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'ConvNeXt':
+        """Set train/eval mode; frozen stages stay in eval mode. Returns self."""
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    # -- weights -----------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Load ``init_cfg=dict(type='Pretrained', checkpoint=...)`` with layout detection and a
+        strict check, or apply mmengine's initialisers for any other ``init_cfg``."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            from .checkpoint import load_pretrained
+            load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+            self._is_init = True
+        else:
+            super().init_weights()
+
+    # -- layer-wise learning-rate decay --------------------------------------------------------
+    def min_num_layers(self, decay_type: str = 'layer_wise') -> int:
+        """Smallest ``num_layers`` for which :meth:`get_layer_id` keeps stages apart."""
+        _check_decay_type(decay_type)
+        if decay_type == 'stage_wise':
+            return 3
+        return 4 + (self.depths[2] - 1) // 3
+
+    def default_num_layers(self, decay_type: str = 'layer_wise') -> int:
+        """The official ``num_layers``: 6 when stage 2 has at most 9 blocks, 12 for 27."""
+        return max(6, self.min_num_layers(decay_type))
+
+    def get_layer_id(self, param_name: str, num_layers: int,
+                     decay_type: str = 'layer_wise') -> int:
+        """Layer id of a backbone parameter for layer-wise lr decay (official semantics).
+
+        The lr scale is then ``decay_rate ** (num_layers + 1 - layer_id)``.
+
+        Args:
+            param_name (str): Name relative to this backbone, e.g. 'stages.2.4.pwconv1.weight'.
+            num_layers (int): The ``num_layers`` of ``paramwise_cfg``.
+            decay_type (str): 'layer_wise' or 'stage_wise'. Defaults to 'layer_wise'.
+
+        Returns:
+            int: 0 for the stem ... ``num_layers + 1`` for the output norms (scale 1).
+        """
+        _check_decay_type(decay_type)
+        parts = param_name.split('.')
+        if parts[0] not in ('downsample_layers', 'stages'):
+            return num_layers + 1
+        stage = int(parts[1])
+        if decay_type == 'stage_wise':
+            return 0 if parts[0] == 'downsample_layers' else stage + 1
+        if parts[0] == 'downsample_layers':
+            return (0, 2, 3, num_layers)[stage]
+        if stage == 2:
+            return 3 + int(parts[2]) // 3
+        return (1, 2, None, num_layers)[stage]
+
+    def no_weight_decay(self) -> Set[str]:
+        """Names (relative to the backbone) of parameters that must not get weight decay beyond
+        the 1-D ones: GRN's gamma and beta, which are (1, 1, 1, C)."""
+        return {name for name, _ in self.named_parameters() if '.grn.' in name}
+
+
+def _arch_setting(arch: Union[str, dict]) -> dict:
+    if isinstance(arch, str):
+        if arch not in ARCH_SETTINGS:
+            raise ValueError(f'unknown ConvNeXt arch {arch!r}; choose one of '
+                             f'{", ".join(ARCH_SETTINGS)} or dict(depths=..., dims=...)')
+        return ARCH_SETTINGS[arch]
+    if isinstance(arch, dict):
+        unknown = set(arch) - {'depths', 'dims', 'use_grn'}
+        if unknown or not {'depths', 'dims'} <= set(arch):
+            raise ValueError(f'arch dict needs keys depths and dims (optional use_grn), got '
+                             f'{sorted(arch)}')
+        for key in ('depths', 'dims'):
+            value = arch[key]
+            if (len(value) != 4 or not all(isinstance(v, int) and v > 0 for v in value)):
+                raise ValueError(f'arch {key}={value!r} must be 4 positive ints')
+        return arch
+    raise TypeError(f'arch must be a str or dict, got {type(arch).__name__}')
+
+
+def _normalise_out_indices(out_indices: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+    indices = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
+    if not indices or not all(isinstance(i, int) and -4 <= i <= 3 for i in indices):
+        raise ValueError(f'out_indices={out_indices!r} must be stage numbers in 0..3 '
+                         '(or -4..-1 counted from the end)')
+    normalised = tuple(sorted(i % 4 for i in indices))
+    if len(set(normalised)) != len(normalised):
+        raise ValueError(f'out_indices={out_indices!r} names the same stage twice')
+    return normalised
+
+
+def _check_decay_type(decay_type: str) -> None:
+    if decay_type not in DECAY_TYPES:
+        raise ValueError(f'unknown decay_type {decay_type!r}; use one of {DECAY_TYPES}')
+
+
+def _init_module(module: nn.Module) -> None:
+    # The official initialisation: truncated normal (std 0.02) weights, zero biases.
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(module.weight, std=.02)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,207 @@
+"""Checkpoint layouts: every layout users hold loads into the backbone, strictly and exactly."""
+import argparse
+import logging
+import pickle
+
+import layouts
+import numpy as np
+import pytest
+import torch
+from reference import RefConvNeXt, randomise_
+
+from convnext_backbone import CheckpointError, ConvNeXt, convert_state_dict
+from convnext_backbone.checkpoint import (
+    HF,
+    MMPRETRAIN,
+    OFFICIAL_CLS,
+    OFFICIAL_DENSE,
+    TIMM,
+    load_pretrained,
+)
+
+V1 = dict(depths=(2, 1, 4, 1), dims=(16, 24, 32, 48))
+V2 = dict(V1, use_grn=True)
+
+# (writer, keeps the per-stage norms, layout name)
+LAYOUTS = {
+    'official_classification': (layouts.official_classification, False, OFFICIAL_CLS),
+    'official_dense': (layouts.official_dense, True, OFFICIAL_DENSE),
+    'mmpretrain_dense': (layouts.mmpretrain, True, MMPRETRAIN),
+    'mmpretrain_classification': (
+        lambda sd, dims: layouts.mmpretrain(sd, dims, classification=True), False, MMPRETRAIN),
+    'timm': (layouts.timm, False, TIMM),
+    'timm_conv_mlp': (lambda sd, dims: layouts.timm(sd, dims, conv_mlp=True), False, TIMM),
+    'huggingface': (layouts.huggingface, False, HF),
+    'huggingface_v2_prefix': (lambda sd, dims: layouts.huggingface(sd, dims, v2=True), False, HF),
+}
+
+
+def _reference(arch, keep_norms, seed=0):
+    ref = randomise_(RefConvNeXt(arch['depths'], arch['dims'], v2=arch.get('use_grn', False)),
+                     seed).eval()
+    if not keep_norms:  # a classification checkpoint has no stage norms: ours start at 1 / 0
+        for i in range(4):
+            norm = getattr(ref, f'norm{i}')
+            torch.nn.init.ones_(norm.weight)
+            torch.nn.init.zeros_(norm.bias)
+    return ref
+
+
+def _assert_same_features(model, ref, size=(80, 96)):
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        for ours, theirs in zip(model.eval()(x), ref(x)):
+            rel = ((ours - theirs).norm() / theirs.norm()).item()
+            assert rel < 1e-4, rel
+
+
+@pytest.mark.parametrize('arch', [V1, V2], ids=['v1', 'v2'])
+@pytest.mark.parametrize('name', sorted(LAYOUTS))
+def test_every_layout_loads_through_init_cfg_and_matches_the_reference(name, arch, tmp_path):
+    writer, keep_norms, layout = LAYOUTS[name]
+    ref = _reference(arch, keep_norms)
+    path = tmp_path / f'{name}.pth'
+    torch.save(writer(ref.state_dict(), arch['dims']), path)
+    model = ConvNeXt(arch, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    _assert_same_features(model, ref)
+    assert convert_state_dict(torch.load(path, weights_only=True)).layout == layout
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'v2-atto'])
+@pytest.mark.parametrize('name', ['official_classification', 'timm', 'huggingface'])
+def test_released_arch_loads_each_layout(arch, name, tmp_path):
+    from convnext_backbone import ARCH_SETTINGS
+    setting = ARCH_SETTINGS[arch]
+    writer, keep_norms, _ = LAYOUTS[name]
+    if name == 'timm' and arch == 'v2-atto':  # timm's atto..nano keep the MLP as 1x1 convs
+        writer = LAYOUTS['timm_conv_mlp'][0]
+    ref = _reference(setting, keep_norms, seed=1)
+    path = tmp_path / 'ckpt.pth'
+    torch.save(writer(ref.state_dict(), setting['dims']), path)
+    model = ConvNeXt(arch, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    _assert_same_features(model, ref, size=(64, 64))
+
+
+def test_safetensors_files_load(tmp_path):
+    from safetensors.torch import save_file
+    ref = _reference(V2, keep_norms=False)
+    path = tmp_path / 'model.safetensors'
+    save_file({k: v.contiguous() for k, v in layouts.timm(ref.state_dict(), V2['dims']).items()},
+              str(path))
+    model = ConvNeXt(V2, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    _assert_same_features(model, ref)
+
+
+def test_classifier_norm_is_not_loaded_into_norm3_and_absent_norms_are_logged(tmp_path, caplog):
+    ref = _reference(V1, keep_norms=True)
+    path = tmp_path / 'cls.pth'
+    ckpt = layouts.official_classification(ref.state_dict(), V1['dims'])
+    torch.save(ckpt, path)
+    model = ConvNeXt(V1)
+    with caplog.at_level(logging.INFO):
+        converted = load_pretrained(model, str(path), logger=logging.getLogger('t'))
+    assert torch.equal(model.norm3.weight, torch.ones(48))
+    assert not torch.equal(model.norm3.weight, ckpt['model']['norm.weight'])
+    assert sorted(converted.unused) == ['head.bias', 'head.weight', 'norm.bias', 'norm.weight']
+    logged = caplog.text
+    assert 'norm0, norm1, norm2, norm3' in logged and 'weight 1, bias 0' in logged
+    assert 'Ignored 4 checkpoint keys' in logged
+
+
+def test_official_dense_checkpoint_with_mmdet2_meta_loads_with_weights_only(tmp_path):
+    ref = _reference(V1, keep_norms=True)
+    ckpt = layouts.official_dense(ref.state_dict(), V1['dims'])
+    ckpt['meta'].update(mmcv_version='1.4.0', iter=np.int64(3), lr=np.float64(1e-4),
+                        arr=np.arange(3), args=argparse.Namespace(lr=1e-4))
+    path = tmp_path / 'det.pth'
+    torch.save(ckpt, path)
+    with pytest.raises(pickle.UnpicklingError):  # plain weights_only loading refuses these types...
+        torch.load(path, weights_only=True)
+    model = ConvNeXt(V1, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()  # ...ours admits them and still never unpickles code
+    _assert_same_features(model, ref)
+
+
+def test_prefix_in_init_cfg_selects_a_submodule(tmp_path):
+    ref = _reference(V1, keep_norms=True)
+    path = tmp_path / 'wrapped.pth'
+    torch.save({'state_dict': {'teacher.' + k: v for k, v in ref.state_dict().items()}}, path)
+    model = ConvNeXt(V1, init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='teacher.'))
+    model.init_weights()
+    _assert_same_features(model, ref)
+
+
+def test_other_size_checkpoint_names_layout_keys_and_both_shapes(tmp_path):
+    ref = _reference(dict(V1, dims=(32, 48, 64, 96)), keep_norms=False)
+    path = tmp_path / 'base.pth'
+    torch.save(layouts.official_classification(ref.state_dict(), (32, 48, 64, 96)), path)
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(ConvNeXt(V1), str(path))
+    msg = str(info.value)
+    assert str(path) in msg and OFFICIAL_CLS in msg
+    assert 'downsample_layers.0.0.weight: checkpoint (32, 3, 4, 4) vs model (16, 3, 4, 4)' in msg
+    assert len(msg) < 800 and '\n' not in msg
+
+
+def test_other_depth_checkpoint_is_refused_with_the_surplus_keys(tmp_path):
+    ref = _reference(dict(V1, depths=(2, 1, 6, 1)), keep_norms=True)
+    path = tmp_path / 'deeper.pth'
+    torch.save(layouts.timm(ref.state_dict(), V1['dims']), path)
+    with pytest.raises(CheckpointError, match=r"18 checkpoint weights the model does not have, "
+                                              r"first \['stages.2.4.gamma'"):
+        load_pretrained(ConvNeXt(V1), str(path))
+
+
+def test_v1_checkpoint_into_v2_model_reports_missing_grn(tmp_path):
+    ref = _reference(V1, keep_norms=True)
+    path = tmp_path / 'v1.pth'
+    torch.save(layouts.official_dense(ref.state_dict(), V1['dims']), path)
+    with pytest.raises(CheckpointError, match=r'model weights missing from the checkpoint, first '
+                                              r"\['stages.0.0.grn.gamma'"):
+        load_pretrained(ConvNeXt(V2), str(path))
+
+
+def test_missing_truncated_and_foreign_files_are_one_line_errors(tmp_path):
+    with pytest.raises(CheckpointError, match='checkpoint not found: .*nope.pth'):
+        load_pretrained(ConvNeXt(V1), str(tmp_path / 'nope.pth'))
+    good = tmp_path / 'good.pth'
+    torch.save(layouts.official_dense(_reference(V1, True).state_dict(), V1['dims']), good)
+    truncated = tmp_path / 'truncated.pth'
+    truncated.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match='truncated.pth: the file is truncated, corrupt'):
+        load_pretrained(ConvNeXt(V1), str(truncated))
+    foreign = tmp_path / 'resnet.pth'
+    torch.save({'state_dict': {'conv1.weight': torch.zeros(64, 3, 7, 7)}}, foreign)
+    with pytest.raises(CheckpointError, match="resnet.pth: no ConvNeXt layout matches.*'conv1"):
+        load_pretrained(ConvNeXt(V1), str(foreign))
+
+
+def test_conversion_is_pure_and_native_layout_round_trips():
+    ref = _reference(V2, keep_norms=True)
+    ckpt = layouts.mmpretrain(ref.state_dict(), V2['dims'])
+    before = {k: v.clone() for k, v in ckpt['state_dict'].items()}
+    converted = convert_state_dict(ckpt)
+    assert all(torch.equal(before[k], ckpt['state_dict'][k]) for k in before)
+    assert set(converted.state_dict) == set(ref.state_dict())
+    again = convert_state_dict(dict(converted.state_dict))
+    assert again.layout == OFFICIAL_DENSE and again.unused == []
+    assert all(torch.equal(again.state_dict[k], v) for k, v in converted.state_dict.items())
+
+
+def test_convert_checkpoint_cli_writes_a_native_file(tmp_path):
+    import subprocess
+    import sys
+    ref = _reference(V1, keep_norms=False)
+    src, dst = tmp_path / 'timm.pth', tmp_path / 'native.pth'
+    torch.save(layouts.timm(ref.state_dict(), V1['dims']), src)
+    out = subprocess.run([sys.executable, 'tools/convert_checkpoint.py', str(src), str(dst)],
+                         capture_output=True, text=True, check=True).stdout
+    assert 'layout: timm' in out
+    saved = torch.load(dst, weights_only=True)
+    assert set(saved['state_dict']) == {k for k in ref.state_dict() if not k.startswith('norm')}
+    model = ConvNeXt(V1, init_cfg=dict(type='Pretrained', checkpoint=str(dst)))
+    model.init_weights()
+    _assert_same_features(model, ref)
