@@ -37,7 +37,10 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && "$PY" -c 'import mmcv.op
 fi
 
 PIP=("$PY" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade 'pip>=23' wheel ninja
+# torch asks for setuptools >= 77; mmengine resolves 'mmdet::' config paths with pkg_resources,
+# which setuptools 81 removed.
+SETUPTOOLS='setuptools>=77.0.3,<81'
+"${PIP[@]}" install -q --upgrade 'pip>=23' wheel ninja "$SETUPTOOLS"
 
 if "$PY" -c 'import torch' 2>/dev/null; then
     log "keeping installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
@@ -67,8 +70,7 @@ else
         mkdir -p "$LOCAL_DIR"
         BUILD_LOG="$LOCAL_DIR/build.log"
         # ninja prints "[k/n] ..." per compiled file: show those as progress, keep the rest in a log.
-        # mmcv 2.1.0's setup.py needs pkg_resources (setuptools < 70) for the build only; torch
-        # itself asks for setuptools >= 77, restored right after.
+        # mmcv 2.1.0's setup.py needs setuptools < 70 for the build only; restored right after.
         "${PIP[@]}" install -q 'setuptools<70' 2>/dev/null
         set +e
         MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} FORCE_CUDA=0 "${PIP[@]}" wheel -v --no-build-isolation \
@@ -76,7 +78,7 @@ else
             | grep --line-buffered -oE "^\s*\[[0-9]+/[0-9]+\]" | sed -u 's/^/[install] mmcv compile /'
         status=${PIPESTATUS[0]}
         set -e
-        "${PIP[@]}" install -q 'setuptools>=77.0.3'
+        "${PIP[@]}" install -q "$SETUPTOOLS"
         if [ "$status" -ne 0 ]; then
             log "mmcv build failed; last lines of $BUILD_LOG:"; tail -n 30 "$BUILD_LOG"; exit 1
         fi
