@@ -1,0 +1,668 @@
+"""Every bad input gets a clear one-line answer (issue 6): backbone arguments, checkpoints,
+layer decay, config paths, datasets, non-finite losses; grayscale and RGBA images just work."""
+import copy
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.model import BaseModel
+from torch import nn
+from torch.utils.data import Dataset
+
+from convnext_backbone import CheckpointError, ConvNeXt, load_pretrained
+from convnext_backbone.datasets_check import DatasetError, check_datasets
+from convnext_backbone.runner import FiniteLossHook, NonFiniteLossError, SafeRunner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+SMALL = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+
+
+def _one_line(message, limit=600):
+    """What users see is one line, short enough to read: never a key dump."""
+    assert '\n' not in message and len(message) < limit, message
+    return message
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(f'tool_{name}',
+                                                  os.path.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- backbone arguments ----------------------------------------------------------------------------
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(arch='tinyy'), "unknown ConvNeXt arch 'tinyy'; choose one of tiny, small, base"),
+    (dict(arch=dict(depths=(1, 1, 1), dims=(8, 16, 32, 64))),
+     'arch depths=(1, 1, 1) must be 4 positive ints'),
+    (dict(arch=dict(depth=(1, 1, 1, 1), dims=(8, 16, 32, 64))),
+     "arch dict needs keys depths and dims (optional use_grn), got ['depth', 'dims']"),
+    (dict(out_indices=4), 'out_indices=4 must be stage numbers in 0..3'),
+    (dict(out_indices=(0, 5)), 'out_indices=(0, 5) must be stage numbers in 0..3'),
+    (dict(out_indices=()), 'out_indices=() must be stage numbers in 0..3'),
+    (dict(out_indices=(3, -1)), 'out_indices=(3, -1) names the same stage twice'),
+    (dict(frozen_stages=5), 'frozen_stages=5 is out of range: use -1 or 0'),
+    (dict(frozen_stages=-2), 'frozen_stages=-2 is out of range: use -1 or 0'),
+    (dict(in_channels=0), 'in_channels=0 must be a positive int'),
+])
+def test_bad_backbone_argument_is_named_with_what_is_allowed(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        ConvNeXt(**{'arch': SMALL, **kwargs})
+    _one_line(str(err.value))
+
+
+def test_bad_arch_in_a_config_keeps_its_message_through_the_registry():
+    from mmengine.registry import MODELS
+    with pytest.raises(ValueError, match="unknown ConvNeXt arch 'tinyy'") as err:
+        MODELS.build(dict(type='convnext_backbone.ConvNeXt', arch='tinyy'))
+    _one_line(str(err.value))
+
+
+@pytest.mark.parametrize('shape, message', [
+    ((1, 1, 64, 64), 'ConvNeXt expects input of shape (N, 3, H, W), got (1, 1, 64, 64)'),
+    ((1, 4, 64, 64), 'ConvNeXt expects input of shape (N, 3, H, W), got (1, 4, 64, 64)'),
+    ((3, 64, 64), 'ConvNeXt expects input of shape (N, 3, H, W), got (3, 64, 64)'),
+    ((1, 3, 16, 64), 'input 16x64 is too small: ConvNeXt downsamples by 32'),
+])
+def test_image_that_does_not_fit_in_channels_or_size_is_named(shape, message):
+    model = ConvNeXt(arch=SMALL)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model(torch.zeros(shape))
+
+
+def test_in_channels_one_takes_grayscale_input():
+    out = ConvNeXt(arch=SMALL, in_channels=1)(torch.zeros(1, 1, 64, 64))
+    assert [tuple(o.shape) for o in out] == [(1, 8, 16, 16), (1, 16, 8, 8), (1, 32, 4, 4),
+                                             (1, 64, 2, 2)]
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    path = tmp_path / 'small.pth'
+    torch.save({'state_dict': ConvNeXt(arch=SMALL).state_dict()}, path)
+    return path
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda p: p.parent / 'nowhere.pth', 'checkpoint not found: {path}'),
+    (lambda p: _truncate(p), 'cannot read checkpoint {path}: the file is truncated, corrupt or '
+                             'not a PyTorch checkpoint'),
+    (lambda p: _truncate(p, keep=0), 'cannot read checkpoint {path}: the file is truncated'),
+    (lambda p: (p.write_text('<html>404 Not Found</html>'), p)[1],
+     'cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint'),
+])
+def test_unreadable_checkpoint_names_the_file_and_cause(small_checkpoint, make, message):
+    path = make(small_checkpoint)
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(ConvNeXt(arch=SMALL), str(path))
+    assert str(err.value).startswith(message.format(path=path)), str(err.value)
+    _one_line(str(err.value))
+
+
+def test_checkpoint_of_another_network_says_no_convnext_layout(tmp_path):
+    path = tmp_path / 'resnet.pth'
+    torch.save({'state_dict': {'conv1.weight': torch.zeros(64, 3, 7, 7),
+                               'bn1.weight': torch.zeros(64),
+                               'layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1)}}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(ConvNeXt(arch=SMALL), str(path))
+    assert str(err.value).startswith(f'{path}: no ConvNeXt layout matches')
+    assert "first keys are ['conv1.weight', 'bn1.weight', 'layer1.0.conv1.weight']" in str(
+        err.value)
+    _one_line(str(err.value))
+
+
+def test_checkpoint_without_tensors_says_so(tmp_path):
+    path = tmp_path / 'meta_only.pth'
+    torch.save({'epoch': 3, 'meta': {'note': 'no weights'}}, path)
+    with pytest.raises(CheckpointError, match='the checkpoint holds no tensors'):
+        load_pretrained(ConvNeXt(arch=SMALL), str(path))
+
+
+@pytest.mark.parametrize('arch, expected', [
+    (dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)), '60 shape mismatches, first '
+     'downsample_layers.0.0.weight: checkpoint (8, 3, 4, 4) vs model (16, 3, 4, 4)'),
+    (dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64)), '9 model weights missing from the '
+     "checkpoint, first ['stages.2.1.gamma', 'stages.2.1.dwconv.weight'"),
+    (dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), use_grn=True), 'missing from the checkpoint, '
+     "first ['stages.0.0.grn.gamma'"),
+])
+def test_checkpoint_of_another_size_names_layout_and_mismatch(small_checkpoint, arch, expected):
+    model = ConvNeXt(arch=arch)
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(model, str(small_checkpoint))
+    message = _one_line(str(err.value))
+    assert message.startswith(f'checkpoint {small_checkpoint} (layout: official detection/'
+                              'segmentation (or convnext_backbone)) does not fit this ConvNeXt')
+    assert expected in message
+
+
+def test_checkpoint_error_reaches_users_of_init_cfg(small_checkpoint):
+    model = ConvNeXt(arch=dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)),
+                     init_cfg=dict(type='Pretrained', checkpoint=str(small_checkpoint)))
+    with pytest.raises(CheckpointError, match='does not fit this ConvNeXt'):
+        model.init_weights()
+
+
+# -- resume from a bad checkpoint ------------------------------------------------------------------
+class ToyData(Dataset):
+    metainfo = dict(classes=('a',))
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return dict(inputs=torch.randn(4, generator=g), target=torch.randn(1, generator=g))
+
+
+class ToyModel(BaseModel):
+    """Regression toy; ``loss_b`` is NaN/inf on the calls listed in ``bad`` (1-based), a term
+    that does not depend on the weights, so their gradients stay finite."""
+
+    def __init__(self, bad=(), value=math.nan):
+        super().__init__()
+        self.net = nn.Linear(4, 1)
+        self.bad, self.value, self.calls = set(bad), value, 0
+
+    def forward(self, inputs, target=None, mode='tensor'):
+        out = self.net(inputs)
+        if mode != 'loss':
+            return out
+        self.calls += 1
+        extra = self.value if self.calls in self.bad else 0.
+        return dict(loss_a=((out - target) ** 2).mean(), loss_b=torch.tensor(extra))
+
+
+def toy_runner(work_dir, model=None, **kwargs):
+    cfg = dict(
+        model=model or ToyModel(), work_dir=str(work_dir),
+        experiment_name=f'toy-{os.path.basename(work_dir)}-{id(kwargs)}',
+        train_dataloader=dict(dataset=ToyData(), batch_size=2, num_workers=0,
+                              sampler=dict(type='DefaultSampler', shuffle=False),
+                              collate_fn=dict(type='default_collate')),
+        train_cfg=dict(by_epoch=False, max_iters=6),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=False)))
+    cfg.update(kwargs)
+    return SafeRunner(**cfg)
+
+
+def test_resume_from_truncated_checkpoint_names_the_file(tmp_path):
+    toy_runner(tmp_path / 'a', train_cfg=dict(by_epoch=False, max_iters=2)).train()
+    path = _truncate(tmp_path / 'a' / 'iter_2.pth')
+    runner = toy_runner(tmp_path / 'b', load_from=str(path), resume=True)
+    with pytest.raises(CheckpointError) as err:
+        runner.train()
+    assert str(err.value).startswith(f'cannot read checkpoint {path} (')
+    assert 'the file is truncated, corrupt or not a PyTorch checkpoint' in str(err.value)
+    _one_line(str(err.value))
+
+
+def test_resume_from_missing_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / 'gone.pth'
+    runner = toy_runner(tmp_path / 'b', load_from=str(path), resume=True)
+    with pytest.raises(CheckpointError, match=f'^checkpoint not found: {re.escape(str(path))}$'):
+        runner.train()
+
+
+# -- non-finite losses -----------------------------------------------------------------------------
+@pytest.mark.parametrize('value, shown', [(math.nan, 'nan'), (math.inf, 'inf')])
+@pytest.mark.parametrize('loop, where', [
+    (dict(by_epoch=False, max_iters=6), 'iteration 6'),
+    (dict(by_epoch=True, max_epochs=2), 'iteration 6 (epoch 2, batch 2)')])  # 4 batches an epoch
+def test_non_finite_loss_stops_training_naming_iteration_and_terms(tmp_path, value, shown, loop,
+                                                                   where):
+    runner = toy_runner(tmp_path, model=ToyModel(bad={6}, value=value), train_cfg=loop)
+    with pytest.raises(NonFiniteLossError) as err:
+        runner.train()
+    message = _one_line(str(err.value))
+    assert message.startswith(f'Non-finite loss at {where}: loss={shown}, loss_a=')
+    assert f'loss_b={shown}. Training stopped before saving this model.' in message
+    assert re.search(r'loss_a=\d', message)
+    assert message.endswith(f'Last checkpoint: {tmp_path / "iter_5.pth"}')
+    # stopped before the checkpoint hook: no checkpoint of the broken model
+    assert (tmp_path / 'iter_5.pth').exists() and not (tmp_path / 'iter_6.pth').exists()
+
+
+@pytest.mark.parametrize('bad, stops_at', [({3}, None), ({3, 5}, None), ({3, 4}, 4)])
+def test_patience_tolerates_isolated_non_finite_losses(tmp_path, bad, stops_at):
+    runner = toy_runner(tmp_path, model=ToyModel(bad=bad),
+                        custom_hooks=[dict(type='convnext_backbone.FiniteLossHook', patience=1)])
+    hooks = [h for h in runner.hooks if isinstance(h, FiniteLossHook)]
+    assert len(hooks) == 1 and hooks[0].patience == 1  # the config's hook, not a second one
+    if stops_at is None:
+        runner.train()
+        assert runner.iter == 6
+    else:
+        with pytest.raises(NonFiniteLossError, match=f'at iteration {stops_at}: .*'
+                                                     r'\(2 iterations in a row\)'):
+            runner.train()
+
+
+@pytest.mark.parametrize('kwargs', [dict(patience=-1), dict(amp_patience=1.5)])
+def test_finite_loss_hook_rejects_bad_patience(kwargs):
+    name, value = next(iter(kwargs.items()))
+    with pytest.raises(ValueError, match=re.escape(f'{name}={value!r} must be an int >= 0')):
+        FiniteLossHook(**kwargs)
+
+
+# -- layer decay -----------------------------------------------------------------------------------
+class Detector(nn.Module):
+    def __init__(self, arch):
+        super().__init__()
+        self.backbone = ConvNeXt(arch=arch)
+        self.head = nn.Linear(4, 2)
+
+
+def _build_optimizer(paramwise_cfg, arch=None):
+    arch = arch or dict(depths=(1, 1, 9, 1), dims=(8, 16, 32, 64))
+    from convnext_backbone.layer_decay import LayerDecayOptimizerConstructor
+    constructor = LayerDecayOptimizerConstructor(
+        dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05)),
+        paramwise_cfg)
+    return constructor(Detector(arch))
+
+
+@pytest.mark.parametrize('num_layers, decay_type, least', [
+    (4, 'layer_wise', 6),   # 9 blocks in stage 2 need 4 + (9 - 1) // 3 = 6
+    (2, 'stage_wise', 3),
+])
+def test_num_layers_that_does_not_fit_the_backbone_is_named(num_layers, decay_type, least):
+    with pytest.raises(ValueError) as err:
+        _build_optimizer(dict(num_layers=num_layers, decay_rate=0.9, decay_type=decay_type))
+    message = _one_line(str(err.value))
+    assert message.startswith(f'num_layers={num_layers} does not fit backbone ConvNeXt with '
+                              'depths (1, 1, 9, 1)')
+    assert f'need num_layers >= {least}' in message
+
+
+def test_unknown_decay_type_lists_the_known_ones():
+    with pytest.raises(ValueError, match=re.escape(
+            "unknown decay_type 'block_wise'; use one of 'layer_wise', 'stage_wise'")):
+        _build_optimizer(dict(num_layers=6, decay_rate=0.9, decay_type='block_wise'))
+    with pytest.raises(ValueError, match="unknown decay_type 'block_wise'"):
+        ConvNeXt(arch=SMALL).get_layer_id('stages.0.0.dwconv.weight', 6, 'block_wise')
+
+
+# -- config paths ----------------------------------------------------------------------------------
+@pytest.mark.parametrize('tool, extra', [('train', []), ('test', ['ckpt.pth']),
+                                         ('infer', ['ckpt.pth', 'img.jpg', '--out', 'o'])])
+def test_missing_config_path_is_one_line_without_traceback(tmp_path, tool, extra):
+    if not os.path.isfile(os.path.join(ROOT, 'tools', f'{tool}.py')):
+        pytest.skip(f'tools/{tool}.py is not there')
+    missing = str(tmp_path / 'no_such_config.py')
+    proc = subprocess.run([PY, os.path.join(ROOT, 'tools', f'{tool}.py'), missing] + extra,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert f'config file not found: {missing}' in proc.stderr
+
+
+# -- datasets --------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def demo_data(tmp_path_factory):
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    from make_demo_data import make_ade, make_coco
+    root = tmp_path_factory.mktemp('data')
+    make_coco(str(root / 'coco'), {'train': 3}, size=64)
+    make_ade(str(root / 'ade'), {'training': 3}, size=64)
+    return root
+
+
+SHAPES = ('circle', 'triangle', 'square', 'star')
+
+
+def _det_cfg(root, **dataset):
+    from mmengine.config import Config
+    ds = dict(type='CocoDataset', data_root=str(root / 'coco'),
+              ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'),
+              metainfo=dict(classes=SHAPES))
+    ds.update(dataset)
+    return Config(dict(default_scope='mmdet',
+                       model=dict(roi_head=dict(bbox_head=dict(num_classes=4))),
+                       train_dataloader=dict(dataset=dict(type='RepeatDataset', times=2,
+                                                          dataset=ds))))
+
+
+def _seg_cfg(root, num_classes=8, **dataset):
+    from mmengine.config import Config
+    ds = dict(type='ADE20KDataset', data_root=str(root / 'ade'),
+              data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'))
+    ds.update(dataset)
+    return Config(dict(default_scope='mmseg', model=dict(decode_head=dict(num_classes=num_classes)),
+                       train_dataloader=dict(dataset=ds)))
+
+
+def _edit_coco(root, name, edit):
+    with open(root / 'coco' / 'annotations' / 'instances_train.json') as f:
+        data = json.load(f)
+    edit(data)
+    path = root / 'coco' / 'annotations' / name
+    path.write_text(json.dumps(data))
+    return f'annotations/{name}'
+
+
+def test_good_demo_datasets_pass_the_check(demo_data):
+    pytest.importorskip('mmdet')
+    pytest.importorskip('mmseg')
+    check_datasets(_det_cfg(demo_data))
+    check_datasets(_seg_cfg(demo_data))
+
+
+def _unknown_category(data):
+    data['annotations'][1]['category_id'] = 99
+
+
+def _no_images(data):
+    data['images'], data['annotations'] = [], []
+
+
+@pytest.mark.parametrize('case, message', [
+    ('missing root', 'dataset folder not found: {root}/nowhere '
+                     '(train_dataloader.dataset.dataset.data_root)'),
+    ('missing ann', 'annotation file not found: {root}/coco/annotations/nope.json '
+                    '(train_dataloader.dataset.dataset.ann_file)'),
+    ('bad json', 'annotation file {root}/coco/annotations/bad.json is not valid JSON: '
+                 'Expecting value at line 1 column 13'),
+    ('unknown category', 'annotations in {root}/coco/annotations/unknown.json use category ids '
+                         '[99] that its "categories" do not define (defined: [1, 2, 3, 4]): 1 '
+                         'such annotation(s), the first is annotation id 2 of image id 1'),
+    ('no images', 'annotation file {root}/coco/annotations/empty.json lists no images: the '
+                  'dataset is empty'),
+    ('wrong classes', "the classes of train_dataloader.dataset.dataset ('cat', 'dog') are not all "
+                      "category names of {root}/coco/annotations/instances_train.json (it has "
+                      "'circle', 'triangle', 'square', 'star'; missing 'cat', 'dog')"),
+    ('coco classes', "the classes of train_dataloader.dataset.dataset ('person', 'bicycle'"),
+    ('too few num_classes', 'train_dataloader.dataset.dataset has 4 classes but '
+                            'model.roi_head.bbox_head.num_classes is 3: set num_classes=4'),
+    ('empty image folder', 'image folder {root}/empty is empty'),
+    ('missing images', '3 of the first 3 images listed in '
+                       '{root}/coco/annotations/instances_train.json are not in {root}/ade'),
+])
+def test_bad_coco_dataset_is_named_before_training(demo_data, case, message):
+    pytest.importorskip('mmdet')
+    root = demo_data
+    (root / 'empty').mkdir(exist_ok=True)
+    (root / 'coco' / 'annotations' / 'bad.json').write_text('{"images": [')
+    cfg = {
+        'missing root': lambda: _det_cfg(root, data_root=str(root / 'nowhere')),
+        'missing ann': lambda: _det_cfg(root, ann_file='annotations/nope.json'),
+        'bad json': lambda: _det_cfg(root, ann_file='annotations/bad.json'),
+        'unknown category': lambda: _det_cfg(
+            root, ann_file=_edit_coco(root, 'unknown.json', _unknown_category)),
+        'no images': lambda: _det_cfg(root, ann_file=_edit_coco(root, 'empty.json', _no_images)),
+        'wrong classes': lambda: _det_cfg(root, metainfo=dict(classes=('cat', 'dog'))),
+        'coco classes': lambda: _det_cfg(root, metainfo=None),
+        'too few num_classes': lambda: _too_few_classes(_det_cfg(root)),
+        'empty image folder': lambda: _det_cfg(root, data_prefix=dict(img=str(root / 'empty'))),
+        'missing images': lambda: _det_cfg(root, data_prefix=dict(img=str(root / 'ade'))),
+    }[case]()
+    with pytest.raises(DatasetError) as err:
+        check_datasets(cfg)
+    assert str(err.value).startswith(message.format(root=root)), str(err.value)
+    _one_line(str(err.value))
+
+
+def _too_few_classes(cfg):
+    cfg.model.roi_head.bbox_head.num_classes = 3
+    return cfg
+
+
+@pytest.mark.parametrize('case, message', [
+    ('missing root', 'dataset folder not found: {root}/nowhere (train_dataloader.dataset.'
+                     'data_root)'),
+    ('empty folder', 'image folder {root}/empty holds no .jpg images: the dataset is empty'),
+    ('missing labels', 'label folder not found: {root}/ade/annotations/nope'),
+    ('label beyond num_classes', 'label map {root}/ade/annotations/training/000000.png holds '
+                                 'class value 8, beyond decode_head.num_classes=3'),
+])
+def test_bad_segmentation_dataset_is_named_before_training(demo_data, case, message):
+    pytest.importorskip('mmseg')
+    root = demo_data
+    (root / 'empty').mkdir(exist_ok=True)
+    cfg = {
+        'missing root': lambda: _seg_cfg(root, data_root=str(root / 'nowhere')),
+        'empty folder': lambda: _seg_cfg(root, data_prefix=dict(
+            img_path=str(root / 'empty'), seg_map_path='annotations/training')),
+        'missing labels': lambda: _seg_cfg(root, data_prefix=dict(
+            img_path='images/training', seg_map_path='annotations/nope')),
+        'label beyond num_classes': lambda: _seg_cfg(root, num_classes=3),
+    }[case]()
+    with pytest.raises(DatasetError) as err:
+        check_datasets(cfg)
+    assert str(err.value).startswith(message.format(root=root)), str(err.value)
+    _one_line(str(err.value))
+
+
+def test_mmdet_alone_drops_unknown_category_silently(demo_data):
+    """Why the check exists: mmdet builds the dataset and skips the bad annotation quietly."""
+    pytest.importorskip('mmdet')
+    from mmdet.registry import DATASETS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    cfg = _det_cfg(demo_data, ann_file=_edit_coco(demo_data, 'unknown2.json', _unknown_category))
+    dataset = DATASETS.build(dict(cfg.train_dataloader.dataset.dataset, pipeline=[]))
+    kept = sum(len(dataset.get_data_info(i)['instances']) for i in range(len(dataset)))
+    with open(demo_data / 'coco' / 'annotations' / 'instances_train.json') as f:
+        assert kept == len(json.load(f)['annotations']) - 1
+
+
+# -- grayscale and RGBA images through tools/infer.py ----------------------------------------------
+SEG_INFER_CONFIG = '''
+default_scope = 'mmseg'
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
+                           std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
+                           seg_pad_val=255),
+    backbone=dict(type='convnext_backbone.ConvNeXt',
+                  arch=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)), out_indices=(3,)),
+    decode_head=dict(type='FCNHead', in_channels=64, in_index=0, channels=16, num_convs=1,
+                     concat_input=False, num_classes=8, norm_cfg=dict(type='SyncBN'),
+                     loss_decode=dict(type='CrossEntropyLoss')),
+    test_cfg=dict(mode='whole'))
+test_pipeline = [dict(type='LoadImageFromFile'),
+                 dict(type='Resize', scale=(96, 64), keep_ratio=True),
+                 dict(type='LoadAnnotations', reduce_zero_label=True), dict(type='PackSegInputs')]
+test_dataloader = dict(batch_size=1, dataset=dict(
+    type='ADE20KDataset', data_root='nowhere', pipeline=test_pipeline,
+    data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation')))
+'''
+
+DET_INFER_CONFIG = '''
+default_scope = 'mmdet'
+model = dict(
+    type='MaskRCNN',
+    data_preprocessor=dict(type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
+                           std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_mask=True,
+                           pad_size_divisor=32),
+    backbone=dict(type='convnext_backbone.ConvNeXt',
+                  arch=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))),
+    neck=dict(type='FPN', in_channels=[8, 16, 32, 64], out_channels=16, num_outs=5),
+    rpn_head=dict(
+        type='RPNHead', in_channels=16, feat_channels=16,
+        anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
+                              strides=[4, 8, 16, 32, 64]),
+        bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.] * 4, target_stds=[1.] * 4)),
+    roi_head=dict(
+        type='StandardRoIHead',
+        bbox_roi_extractor=dict(type='SingleRoIExtractor', out_channels=16,
+                                roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+                                featmap_strides=[4, 8, 16, 32]),
+        bbox_head=dict(type='Shared2FCBBoxHead', in_channels=16, fc_out_channels=32,
+                       roi_feat_size=7, num_classes=4, reg_class_agnostic=False,
+                       bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.] * 4,
+                                       target_stds=[0.1, 0.1, 0.2, 0.2])),
+        mask_roi_extractor=dict(type='SingleRoIExtractor', out_channels=16,
+                                roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0),
+                                featmap_strides=[4, 8, 16, 32]),
+        mask_head=dict(type='FCNMaskHead', num_convs=1, in_channels=16, conv_out_channels=16,
+                       num_classes=4)),
+    train_cfg=None,
+    test_cfg=dict(
+        rpn=dict(nms_pre=100, max_per_img=50, nms=dict(type='nms', iou_threshold=0.7),
+                 min_bbox_size=0),
+        rcnn=dict(score_thr=0.0, nms=dict(type='nms', iou_threshold=0.5), max_per_img=10,
+                  mask_thr_binary=0.5)))
+test_pipeline = [dict(type='LoadImageFromFile'),
+                 dict(type='Resize', scale=(96, 64), keep_ratio=True),
+                 dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape',
+                                                       'img_shape', 'scale_factor'))]
+test_dataloader = dict(batch_size=1, dataset=dict(type='CocoDataset', data_root='nowhere',
+                                                  pipeline=test_pipeline))
+'''
+
+
+def _images(folder):
+    """A colour JPEG, a grayscale PNG, an RGBA PNG (transparent corner), a 16-bit grayscale PNG
+    and a file that is not an image."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    color = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / 'color.jpg'), color)
+    cv2.imwrite(str(folder / 'gray.png'), color[..., 0])
+    rgba = np.dstack([color, np.full((48, 80), 255, np.uint8)])
+    rgba[:10, :10, 3] = 0
+    cv2.imwrite(str(folder / 'rgba.png'), rgba)
+    cv2.imwrite(str(folder / 'gray16.png'), color[..., 1].astype(np.uint16) * 257)
+    (folder / 'broken.png').write_bytes(b'not a png')
+    return folder
+
+
+@pytest.fixture(scope='module')
+def infer_models(tmp_path_factory):
+    pytest.importorskip('mmdet')
+    pytest.importorskip('mmseg')
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    root = tmp_path_factory.mktemp('infer')
+    out = {}
+    for scope, text, meta in (
+            ('mmseg', SEG_INFER_CONFIG, None),
+            ('mmdet', DET_INFER_CONFIG, dict(classes=SHAPES, palette=[(255, 0, 0)] * 4))):
+        config = root / f'tiny_{scope}.py'
+        config.write_text(text)
+        init_default_scope(scope)
+        registry = importlib.import_module(f'{scope}.registry')
+        torch.manual_seed(0)
+        model = registry.MODELS.build(Config.fromfile(str(config)).model)
+        ckpt = {'state_dict': model.state_dict()}
+        if meta:
+            ckpt['meta'] = dict(dataset_meta=meta)
+        torch.save(ckpt, root / f'tiny_{scope}.pth')
+        out[scope] = (str(config), str(root / f'tiny_{scope}.pth'))
+    return out
+
+
+@pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
+def test_infer_handles_grayscale_rgba_and_16_bit_images(tmp_path, infer_models, scope, capsys):
+    config, ckpt = infer_models[scope]
+    images = _images(tmp_path / 'images')
+    out = tmp_path / 'out'
+    _tool('infer').main([config, ckpt, str(images), '--out', str(out), '--score-thr', '0'])
+    err = capsys.readouterr().err
+    assert f'skipped: cannot read image {images / "broken.png"}' in err
+    entries = json.loads((out / 'predictions.json').read_text())
+    assert [os.path.basename(e['image']) for e in entries] == ['color.jpg', 'gray.png',
+                                                               'gray16.png', 'rgba.png']
+    for entry in entries:
+        assert (entry['width'], entry['height']) == (80, 48)
+        vis = cv2.imread(entry['visualization'], cv2.IMREAD_UNCHANGED)
+        assert vis.shape == (48, 80, 3)
+        if scope == 'mmseg':
+            label = cv2.imread(entry['label_map'], cv2.IMREAD_UNCHANGED)
+            assert label.shape == (48, 80) and label.max() < 8
+            assert sum(c['pixels'] for c in entry['classes']) == 48 * 80
+        else:
+            for inst in entry['instances']:
+                assert inst['class'] in SHAPES and 0 <= inst['score'] <= 1
+                x1, y1, x2, y2 = inst['bbox']
+                assert 0 <= x1 <= x2 <= 80 and 0 <= y1 <= y2 <= 48
+                assert inst['mask']['size'] == [48, 80]
+
+
+def test_infer_refuses_a_checkpoint_of_another_model(tmp_path, infer_models):
+    config, _ = infer_models['mmseg']
+    other = tmp_path / 'other.pth'
+    torch.save({'state_dict': ConvNeXt(arch=SMALL).state_dict()}, other)
+    images = _images(tmp_path / 'images')
+    with pytest.raises(SystemExit) as err:
+        _tool('infer').main([config, str(other), str(images / 'color.jpg'), '--out',
+                             str(tmp_path / 'out')])
+    message = _one_line(str(err.value))
+    assert message.startswith(f'error: checkpoint {other} does not fit the model of {config}: ')
+    assert 'model weights missing, first' in message
+
+
+def test_infer_names_a_missing_image(tmp_path, infer_models):
+    config, ckpt = infer_models['mmseg']
+    with pytest.raises(SystemExit, match='error: image or folder not found: .*nope.jpg'):
+        _tool('infer').main([config, ckpt, str(tmp_path / 'nope.jpg'), '--out', str(tmp_path)])
+
+
+def test_plot_logs_names_a_work_dir_without_logs(tmp_path):
+    with pytest.raises(SystemExit, match=f'error: no \\*/vis_data/scalars.json in {tmp_path}'):
+        _tool('plot_logs').main([str(tmp_path)])
+    with pytest.raises(SystemExit, match='error: work dir not found'):
+        _tool('plot_logs').main([str(tmp_path / 'nope')])
+
+
+def test_copy_of_config_is_not_modified_by_the_check(demo_data):
+    pytest.importorskip('mmdet')
+    cfg = _det_cfg(demo_data)
+    before = copy.deepcopy(cfg.to_dict())
+    check_datasets(cfg)
+    assert cfg.to_dict() == before
+
+
+MISSING_DATA_CONFIG = '''
+default_scope = 'mmseg'
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor=dict(type='SegDataPreProcessor', size=(64, 64)),
+    backbone=dict(type='convnext_backbone.ConvNeXt',
+                  arch=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)), out_indices=(3,)),
+    decode_head=dict(type='FCNHead', in_channels=64, in_index=0, channels=16, num_convs=1,
+                     num_classes=8, loss_decode=dict(type='CrossEntropyLoss')))
+train_dataloader = dict(
+    batch_size=2, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(type='ADE20KDataset', data_root=DATA_ROOT,
+                 data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
+                 pipeline=[dict(type='LoadImageFromFile')]))
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=2)
+optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.01))
+'''
+
+
+def test_train_py_names_a_missing_dataset_folder_before_training(tmp_path):
+    pytest.importorskip('mmseg')
+    config = tmp_path / 'no_data.py'
+    missing = tmp_path / 'no_such_data'
+    config.write_text(f'DATA_ROOT = {str(missing)!r}\n' + MISSING_DATA_CONFIG)
+    proc = subprocess.run([PY, os.path.join(ROOT, 'tools', 'train.py'), str(config),
+                           '--work-dir', str(tmp_path / 'work')],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.endswith(f'dataset folder not found: {missing} (train_dataloader.dataset.'
+                         'data_root); download the data there or point data_root at it, e.g. '
+                         '--cfg-options train_dataloader.dataset.data_root=/path/to/data'), last
