@@ -179,7 +179,13 @@ def read_checkpoint(path: str) -> Any:
         cached = os.path.join(get_dir(), 'checkpoints', os.path.basename(path.split('?')[0]))
         if not os.path.exists(cached):
             os.makedirs(os.path.dirname(cached), exist_ok=True)
-            download_url_to_file(path, cached, progress=True)
+            try:
+                download_url_to_file(path, cached, progress=True)
+            except OSError as err:  # URLError, HTTPError and socket errors are OSErrors
+                reason = getattr(err, 'reason', None) or err
+                raise CheckpointError(
+                    f'cannot download checkpoint {path}: {reason}; download it where there is a '
+                    'connection and set init_cfg.checkpoint to the local file') from None
         path = cached
     elif '://' in path:
         from mmengine.runner.checkpoint import CheckpointLoader
@@ -222,6 +228,29 @@ def torch_load(path: str) -> Any:
         return torch.load(path, map_location='cpu', weights_only=True)
 
 
+def describe_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Name the ConvNeXt held by a converted state dict, e.g. "depths (3, 3, 9, 3), dims (96,
+    192, 384, 768) ('tiny')", or '' when it is incomplete."""
+    from .convnext import ARCH_SETTINGS
+    depths = [0] * 4
+    for key in state_dict:
+        match = re.match(r'stages\.(\d)\.(\d+)\.', key)
+        if match:
+            stage, block = int(match.group(1)), int(match.group(2))
+            depths[stage] = max(depths[stage], block + 1)
+    convs = [state_dict.get('downsample_layers.0.0.weight')] + [
+        state_dict.get(f'downsample_layers.{i}.1.weight') for i in range(1, 4)]
+    if any(c is None for c in convs) or not all(depths):
+        return ''
+    dims = tuple(int(c.shape[0]) for c in convs)
+    grn = any('.grn.' in k for k in state_dict)
+    names = [name for name, a in ARCH_SETTINGS.items()
+             if tuple(a['depths']) == tuple(depths) and tuple(a['dims']) == dims
+             and a.get('use_grn', False) == grn]
+    return (f'depths {tuple(depths)}, dims {dims}' + (' with GRN (V2)' if grn else '')
+            + (f" ('{names[0]}')" if names else ''))
+
+
 # -- loading into the model ------------------------------------------------------------------------
 def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = None,
                     logger: Optional[MMLogger] = None) -> Converted:
@@ -249,8 +278,11 @@ def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = N
         raise CheckpointError(f'{path}: {err}') from None
     own = model.state_dict()
     theirs = converted.state_dict
-    arch = f'depths {tuple(model.depths)}, dims {tuple(model.dims)}'
+    arch = describe_arch(own) or f'depths {tuple(model.depths)}, dims {tuple(model.dims)}'
     where = f'checkpoint {path} (layout: {converted.layout}) does not fit this ConvNeXt ({arch})'
+    held = describe_arch(theirs)
+    if held:
+        where += f'; the checkpoint holds {held}'
     bad_shapes = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
                   for k, v in theirs.items() if k in own and v.shape != own[k].shape]
     if bad_shapes:

@@ -143,6 +143,7 @@ def test_other_size_checkpoint_names_layout_keys_and_both_shapes(tmp_path):
     msg = str(info.value)
     assert str(path) in msg and OFFICIAL_CLS in msg
     assert 'downsample_layers.0.0.weight: checkpoint (32, 3, 4, 4) vs model (16, 3, 4, 4)' in msg
+    assert 'the checkpoint holds depths (2, 1, 4, 1), dims (32, 48, 64, 96)' in msg
     assert len(msg) < 800 and '\n' not in msg
 
 
@@ -162,6 +163,31 @@ def test_v1_checkpoint_into_v2_model_reports_missing_grn(tmp_path):
     with pytest.raises(CheckpointError, match=r'model weights missing from the checkpoint, first '
                                               r"\['stages.0.0.grn.gamma'"):
         load_pretrained(ConvNeXt(V2), str(path))
+
+
+def test_released_size_mismatch_names_both_archs(tmp_path):
+    from convnext_backbone import ARCH_SETTINGS
+    base = ARCH_SETTINGS['base']
+    with torch.device('meta'):
+        ref = RefConvNeXt(base['depths'], base['dims'])
+    state = {k: torch.zeros(v.shape) for k, v in ref.state_dict().items()}
+    path = tmp_path / 'convnext_base_1k_224.pth'
+    torch.save(layouts.official_classification(state, base['dims']), path)
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(ConvNeXt('tiny'), str(path))
+    msg = str(info.value)
+    assert "does not fit this ConvNeXt (depths (3, 3, 9, 3), dims (96, 192, 384, 768) ('tiny'))" \
+        in msg
+    assert "the checkpoint holds depths (3, 3, 27, 3), dims (128, 256, 512, 1024) ('base')" in msg
+
+
+def test_unreachable_url_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    # Port 9 on the loopback: nothing listens there, the connection is refused at once.
+    with pytest.raises(CheckpointError, match=r'cannot download checkpoint '
+                                              r'http://127.0.0.1:9/convnext_tiny_1k_224.pth: .*'
+                                              r'set init_cfg.checkpoint to the local file'):
+        load_pretrained(ConvNeXt(V1), 'http://127.0.0.1:9/convnext_tiny_1k_224.pth')
 
 
 def test_missing_truncated_and_foreign_files_are_one_line_errors(tmp_path):
