@@ -23,7 +23,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from mmengine.config import Config, ConfigDict  # noqa: E402
 from mmengine.dist import is_main_process  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
-from train import add_common_args, fail, load_config, prepare  # noqa: E402
+from train import add_common_args, fail, load_config, prepare, user_errors  # noqa: E402
 
 # mmdet's default flip TTA (used when a detection config has no tta_model / tta_pipeline).
 DET_TTA_MODEL = dict(type='DetTTAModel',
@@ -133,12 +133,15 @@ def main(argv: Optional[List[str]] = None) -> None:
             ('.pkl', '.pickle')):
         fail(f'--out {args.out}: mmdet predictions are dumped to a .pkl file')
 
-    runner = prepare(cfg)
-    if args.out is not None and cfg.default_scope == 'mmdet':
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
-    metrics = runner.test()
+    try:
+        runner = prepare(cfg)
+        if args.out is not None and cfg.default_scope == 'mmdet':
+            from mmdet.evaluation import DumpDetResults
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+        metrics = runner.test()
+    except user_errors() as err:
+        fail(str(err), code=1)
 
     if is_main_process():
         path = osp.join(cfg.work_dir, 'test_metrics.json')

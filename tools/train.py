@@ -235,6 +235,15 @@ def prepare(cfg: Config) -> Runner:
     return build_runner(cfg)
 
 
+def user_errors() -> tuple:
+    """Errors whose message tells the whole story (a bad checkpoint or dataset, a non-finite
+    loss): train.py and test.py print them as one line instead of a traceback."""
+    from convnext_backbone.checkpoint import CheckpointError
+    from convnext_backbone.datasets_check import DatasetError
+    from convnext_backbone.runner import NonFiniteLossError
+    return CheckpointError, DatasetError, NonFiniteLossError
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of ``tools/train.py``."""
     args = parse_args(argv)
@@ -260,8 +269,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         cfg.resume = True
         cfg.load_from = args.resume
 
-    runner = prepare(cfg)
-    runner.train()
+    try:
+        prepare(cfg).train()
+    except user_errors() as err:
+        fail(str(err), code=1)
     print_log(f'Training done: checkpoints and logs are in {osp.abspath(cfg.work_dir)}',
               logger='current')
 
