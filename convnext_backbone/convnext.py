@@ -8,8 +8,7 @@ Note:
     We keep activations in NHWC (channels last) from the stem to the outputs: the depthwise conv
     runs on a channels-last view, LayerNorm and the pointwise Linear layers work on the last
     dimension, so no block copies its input between layouts. The official code permutes twice per
-    block. Outputs are NCHW tensors in channels-last memory; call ``.contiguous()`` if you need
-    NCHW memory.
+    block. Only the emitted outputs are copied once to NCHW memory, as mmcv's ops expect.
 """
 from typing import Dict, Optional, Sequence, Set, Tuple, Union
 
@@ -205,7 +204,10 @@ class ConvNeXt(BaseModule):
                 else:
                     x = block(x)
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x).permute(0, 3, 1, 2))  # NCHW view
+                # NCHW memory: mmcv's RoIAlign (and other custom ops) index their input as
+                # contiguous NCHW whatever its strides say, so a channels-last view would be
+                # pooled as garbage.
+                outs.append(getattr(self, f'norm{i}')(x).permute(0, 3, 1, 2).contiguous())
         return tuple(outs)
 
     # -- freezing ----------------------------------------------------------------------------

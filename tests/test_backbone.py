@@ -159,11 +159,16 @@ def test_outputs_equal_the_plain_reference_implementation(v2):
             assert (ours - theirs).norm() / theirs.norm() < 1e-5
 
 
-def test_outputs_are_nchw_channels_last_and_feed_a_conv():
+def test_outputs_are_contiguous_nchw_as_mmcv_ops_expect():
+    # mmcv's RoIAlign reads its input as contiguous NCHW regardless of strides.
+    from mmcv.ops import roi_align
     outs = ConvNeXt(SMALL)(torch.randn(1, 3, 64, 64))
-    assert outs[0].is_contiguous(memory_format=torch.channels_last)
-    conv = torch.nn.Conv2d(8, 4, 1)
-    assert torch.allclose(conv(outs[0]), conv(outs[0].contiguous()), atol=1e-6)
+    assert all(o.is_contiguous() for o in outs)
+    rois = torch.tensor([[0., 4., 4., 40., 48.]])
+    pooled = roi_align(outs[0], rois, (7, 7), 0.25, 2, 'avg', True)
+    reference = roi_align(outs[0].clone(memory_format=torch.contiguous_format), rois, (7, 7),
+                          0.25, 2, 'avg', True)
+    assert torch.equal(pooled, reference)
 
 
 def test_in_channels_other_than_three():

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The demo: generate data -> pretrain the backbone -> train + test Mask R-CNN (COCO bbox/segm mAP)
+# -> train + test UperNet (mIoU), on the CPU, then print where the results and pictures are.
+#
+# Usage (from anywhere; `make demo` installs first, then runs this):
+#   bash tools/demo.sh                 # everything (DEMO=all)
+#   DEMO=det bash tools/demo.sh        # detection only (DEMO=seg: segmentation only)
+#   QUICK=1 bash tools/demo.sh         # a few iterations on tiny data: checks the path (CI)
+# Environment:
+#   DEMO=all|det|seg   what to run (default all; the pretraining runs in every case)
+#   QUICK=0|1          1: tiny data, the *_ci.py configs, a few iterations (default 0)
+#   DATA_DIR=data      where the datasets are written (default data)
+#   WORK_DIR=work_dirs/demo   checkpoints, logs, metrics, pictures (default work_dirs/demo)
+#   THREADS=2          torch CPU threads (default 2; on a busy machine 1 can be faster)
+#   PYTHON=...         the interpreter (default: $VIRTUAL_ENV, $CONDA_PREFIX or ./.venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+DEMO=${DEMO:-all}
+QUICK=${QUICK:-0}
+THREADS=${THREADS:-2}
+case "$DEMO" in all|det|seg) ;; *) echo "demo.sh: DEMO=$DEMO: use all, det or seg" >&2; exit 2;; esac
+case "$QUICK" in 0|1) ;; *) echo "demo.sh: QUICK=$QUICK: use 0 or 1" >&2; exit 2;; esac
+if [ -z "${PYTHON:-}" ]; then
+    if [ -n "${VIRTUAL_ENV:-}" ]; then PYTHON="$VIRTUAL_ENV/bin/python"
+    elif [ -n "${CONDA_PREFIX:-}" ]; then PYTHON="$CONDA_PREFIX/bin/python"
+    else PYTHON="$ROOT/.venv/bin/python"; fi
+fi
+abspath() { mkdir -p "$1" && (cd "$1" && pwd); }
+DATA_DIR=$(abspath "${DATA_DIR:-data}")
+WORK_DIR=$(abspath "${WORK_DIR:-work_dirs/demo}")
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+# Idle OpenMP threads sleep instead of spinning: on a machine shared with other jobs, spinning
+# threads made training steps several times slower here.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+DET_CFG=configs/demo/mask-rcnn_convnext-demo_lite-fpn_shapes.py
+SEG_CFG=configs/demo/upernet_convnext-demo_lite_shapes.py
+if [ "$QUICK" = 1 ]; then
+    DET_CFG=${DET_CFG%.py}_ci.py
+    SEG_CFG=${SEG_CFG%.py}_ci.py
+    DATA_ARGS=(--det-train 8 --det-val 4 --det-size 96 --seg-train 8 --seg-val 4 --seg-size 64)
+    PRETRAIN_ARGS=(--iters 3 --batch-size 8 --crop 32 --warmup 1 --log-interval 1)
+else
+    DATA_ARGS=()
+    PRETRAIN_ARGS=()
+fi
+PRETRAINED="$WORK_DIR/pretrain/convnext-demo_shapes-cls.pth"
+COCO="$DATA_DIR/demo_coco"
+ADE="$DATA_DIR/demo_ade"
+START=$(date +%s)
+SUMMARY="$WORK_DIR/summary.txt"
+: > "$SUMMARY"
+
+stage() {  # stage NAME: a time-stamped banner; records the stage's start
+    STAGE_NAME=$1
+    STAGE_START=$(date +%s)
+    echo
+    echo "[demo] $(date -u '+%Y-%m-%d %H:%M:%S UTC') == $1"
+}
+done_stage() {  # done_stage [DETAIL]: the stage's wall-clock time, also into the summary
+    local now; now=$(date +%s)
+    local line
+    line=$(printf '%-22s %5d s  (total %5d s)  %s' "$STAGE_NAME" $((now - STAGE_START)) \
+        $((now - START)) "${1:-}")
+    echo "[demo] $line"
+    echo "$line" >> "$SUMMARY"
+}
+last_checkpoint() {  # the checkpoint named in WORK/last_checkpoint
+    local file="$1/last_checkpoint"
+    if [ ! -f "$file" ]; then echo "demo.sh: no checkpoint in $1 (training failed?)" >&2; exit 1; fi
+    cat "$file"
+}
+metric() {  # metric JSON KEY [SCALE]: a value of test_metrics.json, times SCALE, 3 decimals
+    "$PYTHON" -c 'import json, sys; m = json.load(open(sys.argv[1]))
+print(f"{float(m[sys.argv[2]]) * float(sys.argv[3]):.3f}")' "$1" "$2" "${3:-1}"
+}
+
+echo "[demo] DEMO=$DEMO QUICK=$QUICK threads=$THREADS data=$DATA_DIR work=$WORK_DIR"
+echo "[demo] wall-clock times depend on the machine and on what else runs on it"
+
+stage "data"
+"$PYTHON" tools/make_demo_data.py --out "$DATA_DIR" ${DATA_ARGS[@]+"${DATA_ARGS[@]}"}
+done_stage "$COCO, $ADE"
+
+stage "pretrain backbone"
+"$PYTHON" tools/pretrain_demo.py --config "$DET_CFG" --coco "$COCO" --ade "$ADE" \
+    --out "$PRETRAINED" --threads "$THREADS" ${PRETRAIN_ARGS[@]+"${PRETRAIN_ARGS[@]}"}
+done_stage "$PRETRAINED"
+
+RESULTS=()
+if [ "$DEMO" != seg ]; then
+    DET_WORK="$WORK_DIR/det"
+    DET_DATA=(model.backbone.init_cfg.checkpoint="$PRETRAINED"
+              train_dataloader.dataset.data_root="$COCO/"
+              val_dataloader.dataset.data_root="$COCO/"
+              test_dataloader.dataset.data_root="$COCO/"
+              val_evaluator.ann_file="$COCO/annotations/instances_val.json"
+              test_evaluator.ann_file="$COCO/annotations/instances_val.json")
+    stage "train Mask R-CNN"
+    "$PYTHON" tools/train.py "$DET_CFG" --work-dir "$DET_WORK" --cfg-options "${DET_DATA[@]}"
+    done_stage "$DET_WORK"
+    stage "test Mask R-CNN"
+    "$PYTHON" tools/test.py "$DET_CFG" "$(last_checkpoint "$DET_WORK")" --work-dir "$DET_WORK" \
+        --show-dir "$DET_WORK/vis" --cfg-options "${DET_DATA[@]}"
+    BBOX=$(metric "$DET_WORK/test_metrics.json" coco/bbox_mAP)
+    SEGM=$(metric "$DET_WORK/test_metrics.json" coco/segm_mAP)
+    done_stage "bbox mAP $BBOX, segm mAP $SEGM"
+    RESULTS+=("Mask R-CNN: bbox mAP $BBOX, segm mAP $SEGM (target bbox mAP >= 0.5)"
+              "  metrics  $DET_WORK/test_metrics.json"
+              "  pictures $DET_WORK/vis/ (boxes and masks on every val image)"
+              "  weights  $(last_checkpoint "$DET_WORK")")
+fi
+if [ "$DEMO" != det ]; then
+    SEG_WORK="$WORK_DIR/seg"
+    SEG_DATA=(model.backbone.init_cfg.checkpoint="$PRETRAINED"
+              train_dataloader.dataset.data_root="$ADE"
+              val_dataloader.dataset.data_root="$ADE"
+              test_dataloader.dataset.data_root="$ADE")
+    stage "train UperNet"
+    "$PYTHON" tools/train.py "$SEG_CFG" --work-dir "$SEG_WORK" --cfg-options "${SEG_DATA[@]}"
+    done_stage "$SEG_WORK"
+    stage "test UperNet"
+    "$PYTHON" tools/test.py "$SEG_CFG" "$(last_checkpoint "$SEG_WORK")" --work-dir "$SEG_WORK" \
+        --show-dir "$SEG_WORK/vis" --cfg-options "${SEG_DATA[@]}"
+    # mmseg reports percentages
+    MIOU=$(metric "$SEG_WORK/test_metrics.json" mIoU 0.01)
+    done_stage "mIoU $MIOU"
+    RESULTS+=("UperNet: mIoU $MIOU (target >= 0.6)"
+              "  metrics  $SEG_WORK/test_metrics.json"
+              "  pictures $SEG_WORK/vis/vis_data/vis_image/ (coloured prediction beside ground truth)"
+              "  weights  $(last_checkpoint "$SEG_WORK")")
+fi
+
+echo
+echo "[demo] ================================ results ================================"
+for line in ${RESULTS[@]+"${RESULTS[@]}"}; do echo "[demo] $line" | tee -a "$SUMMARY"; done
+echo "[demo] total wall-clock $(( $(date +%s) - START )) s; stage times in $SUMMARY"
