@@ -46,6 +46,8 @@ from mmengine.model import revert_sync_batchnorm  # noqa: E402
 from mmengine.registry import MODELS, init_default_scope  # noqa: E402
 from torch import nn  # noqa: E402
 
+import convnext_backbone  # noqa: E402,F401 (registers our modules, quiets mmengine)
+
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 2048)}
 NUM_PROPOSALS = 1000  # box heads run on this many proposals (mmdet 2.x forward_dummy)
 NUM_MASK_ROIS = 100   # mask heads on the first this many

@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+import convnext_backbone  # noqa: F401 (registers our modules, quiets mmengine)
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 TASKS = {'mmdet': 'detection', 'mmseg': 'segmentation'}
 

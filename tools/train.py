@@ -34,6 +34,8 @@ from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm  # n
 from mmengine.registry import MODEL_WRAPPERS, RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+import convnext_backbone  # noqa: E402,F401 (registers our modules, quiets mmengine)
+
 SCOPES = ('mmdet', 'mmseg')
 SAFE_RUNNER = 'convnext_backbone.SafeRunner'
 CPU_DDP = 'ConvNeXtCPUDistributedDataParallel'
