@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV)/bin/python,$(if $(CONDA_PREFIX),$(CONDA_PREFIX)/bin/python,$(CURDIR)/.venv/bin/python))
 
-.PHONY: install test lint demo smoke
+.PHONY: install test lint demo bench
 install:
 	bash tools/install.sh
 
@@ -13,8 +13,10 @@ test: install
 lint: install
 	$(PY) -m ruff check convnext_backbone tools tests configs
 
-smoke: install
-	$(PY) tools/smoke.py
+bench: install
+	$(PY) tools/benchmark.py --train --memory
+	@if [ -x .venv-bench/bin/python ]; then .venv-bench/bin/python tools/benchmark.py --compare --train; \
+	else echo "no .venv-bench: see the README's performance section to time timm/mmpretrain (--compare)"; fi
 
 demo: install
 	bash tools/demo.sh

@@ -8,7 +8,11 @@ Note:
     We keep activations in NHWC (channels last) from the stem to the outputs: the depthwise conv
     runs on a channels-last view, LayerNorm and the pointwise Linear layers work on the last
     dimension, so no block copies its input between layouts. The official code permutes twice per
-    block. Only the emitted outputs are copied once to NCHW memory, as mmcv's ops expect.
+    block. Only the emitted outputs are copied once to NCHW memory, as mmcv's ops expect. On the
+    CPU the pointwise layers run as oneDNN products with the bias (and, for inference, the GELU)
+    computed inside them (``ops.py``); layer scale, drop path and the residual add are one pass.
+    :meth:`ConvNeXt.fuse` folds layer scale into pwconv2 for inference and lets the product add
+    the residual too. Numerics are the official ones up to float rounding (README: Performance).
 """
 from typing import Dict, Optional, Sequence, Set, Tuple, Union
 
@@ -17,6 +21,7 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import ops
 from .registry import MODELS
 
 ARCH_SETTINGS: Dict[str, dict] = {
@@ -54,7 +59,8 @@ class GRN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gx = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)  # (N, 1, 1, C)
         nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
-        return self.gamma * (x * nx) + self.beta + x
+        # gamma * (x * nx) + beta + x in one pass over x: beta + x * (gamma * nx + 1).
+        return torch.addcmul(self.beta, x, torch.addcmul(torch.ones_like(nx), self.gamma, nx))
 
 
 class Block(nn.Module):
@@ -81,23 +87,58 @@ class Block(nn.Module):
         self.gamma = (nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
                       if layer_scale_init_value > 0 else None)
         self.drop_path = drop_path
+        self._fused_versions: Optional[Tuple[int, ...]] = None  # set by fuse()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x                                                  # (N, H, W, C)
         # A channels-last view of x: the conv reads and writes NHWC memory, no copy.
         x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)    # (N, H, W, C)
         x = self.norm(x)
-        x = self.act(self.pwconv1(x))                                 # (N, H, W, 4C)
-        if self.grn is not None:
-            x = self.grn(x)
-        x = self.pwconv2(x)                                           # (N, H, W, C)
-        if self.gamma is not None:
-            x = x * self.gamma
+        if self._fused():
+            x = ops.linear_gelu(x, self.pwconv1.weight, self.pwconv1.bias)  # (N, H, W, 4C)
+            if self.grn is not None:
+                x = self.grn(x)
+            # Layer scale is folded into pwconv2 (gamma holds 1): the product adds the residual
+            # itself, unless drop path or autocast's float32 gamma needs the plain tail below.
+            if (not (self.training and self.drop_path > 0)
+                    and (self.gamma is None or self.gamma.dtype == shortcut.dtype)):
+                return ops.linear_add(x, self.pwconv2.weight, self.pwconv2.bias, shortcut)
+            x, scale = ops.linear(x, self.pwconv2.weight, self.pwconv2.bias), self.gamma
+        elif self.grn is None:
+            # Linear 4x -> GELU -> Linear with oneDNN products (see ops.mlp).
+            x = ops.mlp(x, self.pwconv1.weight, self.pwconv1.bias,
+                        self.pwconv2.weight, self.pwconv2.bias)        # (N, H, W, C)
+            scale = self.gamma
+        else:
+            x = self.grn(self.act(self.pwconv1(x)))                   # (N, H, W, 4C)
+            x, scale = self.pwconv2(x), self.gamma                    # (N, H, W, C)
         if self.training and self.drop_path > 0:
             keep = 1 - self.drop_path
-            mask = x.new_empty(x.shape[0], 1, 1, 1).bernoulli_(keep)
-            x = x * mask.div_(keep)
-        return shortcut + x
+            mask = shortcut.new_empty(x.shape[0], 1, 1, 1).bernoulli_(keep).div_(keep)
+            scale = mask if scale is None else scale * mask           # (N, 1, 1, C)
+        # Layer scale, drop path and the residual add in one pass: shortcut + x * scale.
+        return shortcut + x if scale is None else torch.addcmul(shortcut, x, scale)
+
+    def fuse(self) -> None:
+        """Fold layer scale into pwconv2 (gamma becomes 1) and switch to fused kernels."""
+        with torch.no_grad():
+            if self.gamma is not None:
+                self.pwconv2.weight.mul_(self.gamma[:, None])
+                self.pwconv2.bias.mul_(self.gamma)
+                self.gamma.fill_(1.)
+        self._fused_versions = self._versions()
+
+    def _versions(self) -> Tuple[int, ...]:
+        params = (self.gamma, self.pwconv2.weight, self.pwconv2.bias)
+        return tuple(p._version for p in params if p is not None)
+
+    def _fused(self) -> bool:
+        # Fused only while the folded parameters are untouched: loading a state dict or an
+        # optimizer step after fuse() bumps their versions and brings back the plain path,
+        # which applies whatever gamma holds.
+        return (self._fused_versions is not None and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing()
+                and self._fused_versions == self._versions())
 
 
 @MODELS.register_module()
@@ -222,6 +263,28 @@ class ConvNeXt(BaseModule):
         """Set train/eval mode; frozen stages stay in eval mode. Returns self."""
         super().train(mode)
         self._freeze_stages()
+        return self
+
+    # -- inference ---------------------------------------------------------------------------
+    def fuse(self) -> 'ConvNeXt':
+        """Prepare for fast inference: fold each block's layer scale into its pwconv2 and switch
+        the blocks to fused kernels (Linear + GELU and Linear + residual add in one oneDNN op,
+        see ``convnext_backbone.ops``). Returns self.
+
+        Outputs change only by float rounding. Parameter names stay the same and the state dict
+        still describes the same function (gamma holds 1, pwconv2 the folded weights), so it
+        loads into an unfused model unchanged. The fused kernels run only where no gradient is
+        needed (``torch.no_grad()``) on CPU; elsewhere the blocks run the plain ops. Loading new
+        weights or an optimizer step after ``fuse()`` brings back the plain path with the
+        gamma multiply, so results stay correct; call ``fuse()`` again to fold the new weights.
+
+        Note:
+            Not in the official code: a deploy step for inference, e.g. after loading a
+            checkpoint for testing (``tools/benchmark.py`` uses it).
+        """
+        for stage in self.stages:
+            for block in stage:
+                block.fuse()
         return self
 
     # -- weights -----------------------------------------------------------------------------

@@ -9,7 +9,8 @@ Usage::
 The checkpoint is loaded strictly: every weight of the model must be in the file with the right
 shape, or the run stops with the list of mismatches. Official fine-tuned checkpoints of the
 mmdet 2.x / mmseg 0.x era load as they are (see tools/convert_mmdet2_checkpoint.py and
-docs/detection.md). The metrics are logged and written to ``<work_dir>/test_metrics.json``.
+README.md, "COCO detection"). The metrics are logged and written to
+``<work_dir>/test_metrics.json``.
 """
 import argparse
 import json

@@ -1,6 +1,6 @@
 # The demo: Mask R-CNN with a small ConvNeXt on the generated shapes dataset
 # (tools/make_demo_data.py), trained and evaluated (COCO bbox + segm mAP) on a CPU in minutes.
-# Run it with `make demo` or `bash tools/demo.sh` (docs/demo.md: the recipe and measured figures).
+# Run it with `make demo` or `bash tools/demo.sh` (README.md, "The demo": recipe and figures).
 #
 # The paper's pipeline in miniature: the backbone is first pretrained as a classifier on crops of
 # the same images (tools/pretrain_demo.py, official classification checkpoint layout), then loaded

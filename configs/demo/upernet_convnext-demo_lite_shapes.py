@@ -1,6 +1,6 @@
 # The segmentation demo: UperNet with a small ConvNeXt on the generated ADE20K-layout dataset
 # (tools/make_demo_data.py), trained and evaluated (mIoU) on a CPU in minutes. Run it with
-# `make demo` or `DEMO=seg bash tools/demo.sh` (see docs/demo.md for the recipe and figures).
+# `make demo` or `DEMO=seg bash tools/demo.sh` (README.md, "The demo": recipe and figures).
 #
 # It reuses the detection demo's backbone pretraining (tools/pretrain_demo.py: a classifier on crops
 # of the generated images, saved in the official classification layout), loads it with

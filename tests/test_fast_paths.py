@@ -1,0 +1,215 @@
+"""Fast paths agree with the plain reference: oneDNN products, fuse(), bf16 autocast, compile."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import RefConvNeXt, randomise_
+
+from convnext_backbone import ConvNeXt, ops
+
+V1 = dict(depths=(2, 1, 3, 1), dims=(16, 24, 32, 48))
+V2 = dict(V1, use_grn=True)
+ARCHS = pytest.mark.parametrize('arch', [V1, V2], ids=['v1', 'v2'])
+
+
+def _pair(arch, seed=0):
+    """Our backbone and the plain reference, holding the same random weights."""
+    ref = randomise_(RefConvNeXt(arch['depths'], arch['dims'], v2=arch.get('use_grn', False)),
+                     seed)
+    model = ConvNeXt(arch)
+    model.load_state_dict(ref.state_dict(), strict=True)
+    return model, ref
+
+
+def _rel(outs, refs):
+    return max(((a.float() - b.float()).norm() / b.float().norm()).item()
+               for a, b in zip(outs, refs))
+
+
+def _loss(outs):
+    # Different weights per map and position, so that every output element matters.
+    return sum((o.float() * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
+
+
+@ARCHS
+@pytest.mark.parametrize('fused', [False, True], ids=['plain', 'fused'])
+def test_inference_matches_reference(arch, fused):
+    model, ref = _pair(arch)
+    model.eval()
+    if fused:
+        assert model.fuse() is model
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert _rel(model(x), ref(x)) < 1e-5
+
+
+def test_fuse_folds_layer_scale_and_keeps_the_function_in_the_state_dict():
+    model, ref = _pair(V1)
+    gamma = model.stages[0][0].gamma.detach().clone()
+    weight = model.stages[0][0].pwconv2.weight.detach().clone()
+    keys = list(model.state_dict())
+    model.eval().fuse().fuse()  # idempotent
+    block = model.stages[0][0]
+    assert torch.equal(block.gamma, torch.ones_like(gamma))
+    assert torch.allclose(block.pwconv2.weight, weight * gamma[:, None])
+    assert list(model.state_dict()) == keys
+    plain = ConvNeXt(V1).eval()
+    plain.load_state_dict(model.state_dict(), strict=True)  # an unfused model, same outputs
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert _rel(plain(x), ref(x)) < 1e-5
+        assert _rel(model(x), ref(x)) < 1e-5
+
+
+def test_loading_weights_after_fuse_uses_the_loaded_layer_scale():
+    model, _ = _pair(V1, seed=0)
+    model.eval().fuse()
+    _, other = _pair(V1, seed=1)
+    model.load_state_dict(other.state_dict())  # gamma is no longer 1
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert _rel(model(x), other(x)) < 1e-5
+        model.fuse()
+        assert _rel(model(x), other(x)) < 1e-5
+
+
+@ARCHS
+def test_fused_model_in_training_mode_matches_the_unfused_one(arch):
+    # After fuse() a model can still train: without no_grad the blocks run autograd ops on the
+    # folded weights, with drop path.
+    plain = ConvNeXt(arch, drop_path_rate=0.3, layer_scale_init_value=0.5).train()
+    fused = copy.deepcopy(plain).fuse()
+    x = torch.randn(2, 3, 64, 64)
+    results = []
+    for model in (plain, fused):
+        torch.manual_seed(7)  # same drop-path draws
+        inp = x.clone().requires_grad_()
+        outs = model(inp)
+        _loss(outs).backward()
+        results.append((outs, inp.grad))
+    (o1, g1), (o2, g2) = results
+    assert _rel(o2, o1) < 1e-5
+    assert (g2 - g1).norm() / g1.norm() < 1e-4
+
+
+@ARCHS
+def test_training_gradients_match_reference(arch):
+    model, ref = _pair(arch)
+    x = torch.randn(2, 3, 64, 64)
+    _loss(model.train()(x)).backward()
+    _loss(ref.train()(x)).backward()
+    grads = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        expected = grads[name].grad
+        assert (p.grad - expected).norm() / expected.norm() < 1e-4, name
+
+
+@pytest.mark.parametrize('input_grad', [True, False])
+def test_mlp_autograd_function_matches_plain_ops(input_grad):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 7, 8, generator=gen).requires_grad_(input_grad)
+    params = [torch.randn(shape, generator=gen).requires_grad_()
+              for shape in ((32, 8), (32,), (8, 32), (8,))]
+    grad = torch.randn(2, 5, 7, 8, generator=gen)
+    inputs = [x] + params if input_grad else params
+    got = ops.mlp(x, *params)
+    got_grads = torch.autograd.grad(got, inputs, grad)
+    w1, b1, w2, b2 = params
+    expected = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+    expected_grads = torch.autograd.grad(expected, inputs, grad)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_grads, expected_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('fn,args', [
+    (ops.linear, ()), (ops.linear_gelu, ()), (ops.linear_add, ('other',))])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_fused_linear_ops_equal_plain_ops_or_fall_back(fn, args, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 8, generator=gen, dtype=dtype)
+    weight, bias = torch.randn(16, 8, generator=gen, dtype=dtype), torch.randn(16, dtype=dtype)
+    other = torch.randn(3, 4, 16, generator=gen, dtype=dtype)
+    expected = F.linear(x, weight, bias)
+    expected = {ops.linear: expected, ops.linear_gelu: F.gelu(expected),
+                ops.linear_add: other + expected}[fn]
+    with torch.no_grad():
+        got = fn(x, weight, bias, *[other for _ in args])
+    assert got.dtype == dtype  # float64 has no oneDNN kernel: the plain ops ran
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_linear_ops_keep_autograd_when_gradients_are_needed():
+    x = torch.randn(4, 8, requires_grad=True)
+    weight, bias = torch.randn(16, 8), torch.randn(16)
+    ops.linear_gelu(x, weight, bias).sum().backward()
+    expected = torch.autograd.grad(F.gelu(F.linear(x, weight, bias)).sum(), x)[0]
+    assert torch.allclose(x.grad, expected, atol=1e-6)
+
+
+def test_oneDNN_probe_answers_per_dtype():
+    assert ops.mkldnn_linear_available(torch.float16) is False
+    assert ops.mkldnn_linear_available(torch.float64) is False
+    assert isinstance(ops.mkldnn_linear_available(torch.float32), bool)
+
+
+@ARCHS
+@pytest.mark.parametrize('fused', [False, True], ids=['plain', 'fused'])
+def test_bf16_autocast_inference_is_close_to_the_fp32_reference(arch, fused):
+    model, ref = _pair(arch)
+    model.eval()
+    if fused:
+        model.fuse()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ref(x)
+        with torch.autocast('cpu', torch.bfloat16):
+            outs = model(x)
+    assert all(torch.isfinite(o).all() for o in outs)
+    assert _rel(outs, expected) < 3e-2
+    if not arch.get('use_grn'):
+        # V1: the float32 layer scale keeps the residual stream and the outputs in float32,
+        # as autocast makes of the official code.
+        assert all(o.dtype == torch.float32 for o in outs)
+
+
+@ARCHS
+def test_bf16_autocast_training_gradients_are_close_to_fp32(arch):
+    model, ref = _pair(arch)
+    x = torch.randn(2, 3, 64, 64)
+    _loss(ref.train()(x)).backward()
+    with torch.autocast('cpu', torch.bfloat16):
+        loss = _loss(model.train()(x))
+    loss.backward()
+    grads = dict(ref.named_parameters())
+    for name in ('downsample_layers.0.0.weight', 'stages.2.1.pwconv1.weight', 'norm3.weight'):
+        got, expected = dict(model.named_parameters())[name].grad, grads[name].grad
+        assert got.dtype == torch.float32
+        assert (got - expected).norm() / expected.norm() < 5e-2, name
+
+
+@pytest.mark.parametrize('fused', [False, True], ids=['plain', 'fused'])
+def test_torch_compile_matches_reference(fused):
+    # aot_eager traces the model through dynamo and AOTAutograd as inductor does, without
+    # generating C++ (seconds instead of minutes); tools/benchmark.py --compile checks inductor.
+    model, ref = _pair(V1)
+    model.eval()
+    if fused:
+        model.fuse()
+    compiled = torch.compile(copy.deepcopy(model), backend='aot_eager', fullgraph=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert _rel(compiled(x), ref(x)) < 1e-5
+
+
+def test_torch_compile_training_gradients_match_eager():
+    model, _ = _pair(V1)
+    compiled = torch.compile(copy.deepcopy(model).train(), backend='aot_eager')
+    x = torch.randn(1, 3, 64, 64)
+    _loss(model.train()(x)).backward()
+    _loss(compiled(x)).backward()
+    eager = dict(model.named_parameters())
+    for name, p in compiled.named_parameters():
+        expected = eager[name.replace('_orig_mod.', '')].grad
+        assert (p.grad - expected).norm() / expected.norm() < 1e-4, name
