@@ -85,11 +85,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     Returns:
         torch.Tensor: (..., out_features).
     """
-    dtype = _fused_dtype(x, weight, bias)
-    if dtype is None:
-        return F.linear(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(
-        x.to(dtype), weight.to(dtype), bias.to(dtype), 'none', [], '')
+    return _linear_pointwise(x, weight, bias, gelu=False)
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -105,11 +101,18 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     Returns:
         torch.Tensor: (..., out_features).
     """
+    return _linear_pointwise(x, weight, bias, gelu=True)
+
+
+def _linear_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      gelu: bool) -> torch.Tensor:
     dtype = _fused_dtype(x, weight, bias)
     if dtype is None:
-        return F.gelu(F.linear(x, weight, bias))
+        y = F.linear(x, weight, bias)
+        return F.gelu(y) if gelu else y
+    attr, algorithm = ('gelu', 'none') if gelu else ('none', '')
     return torch.ops.mkldnn._linear_pointwise(
-        x.to(dtype), weight.to(dtype), bias.to(dtype), 'gelu', [], 'none')
+        x.to(dtype), weight.to(dtype), bias.to(dtype), attr, [], algorithm)
 
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
