@@ -1,6 +1,7 @@
 """The ConvNeXt backbone (V1 and V2) for dense prediction with mmdet 3.x and mmseg 1.x.
 
-Model math only: checkpoint reading and key conversion live in ``checkpoint.py``. Parameter names
+Model math only: sizes are data (``archs.py``), checkpoint reading and key conversion live in
+``checkpoint/``. Parameter names
 follow the official release (``downsample_layers.*``, ``stages.i.j.*``, ``norm0..3``), so official
 detection/segmentation checkpoints load without renaming.
 
@@ -14,7 +15,7 @@ Note:
     :meth:`ConvNeXt.fuse` folds layer scale into pwconv2 for inference and lets the product add
     the residual too. Numerics are the official ones up to float rounding (README: Performance).
 """
-from typing import Dict, Optional, Sequence, Set, Tuple, Union
+from typing import Optional, Sequence, Set, Tuple, Union
 
 import torch
 from mmengine.model import BaseModule
@@ -22,25 +23,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import ops
+from .archs import ARCH_SETTINGS, resolve_arch
+from .checkpoint import load_pretrained
+from .layer_decay import check_decay_type
 from .registry import MODELS
 
-ARCH_SETTINGS: Dict[str, dict] = {
-    'tiny': dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
-    'small': dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
-    'base': dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
-    'large': dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
-    'xlarge': dict(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048)),
-    'v2-atto': dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), use_grn=True),
-    'v2-femto': dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), use_grn=True),
-    'v2-pico': dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), use_grn=True),
-    'v2-nano': dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), use_grn=True),
-    'v2-tiny': dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), use_grn=True),
-    'v2-base': dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), use_grn=True),
-    'v2-large': dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), use_grn=True),
-    'v2-huge': dict(depths=(3, 3, 27, 3), dims=(352, 704, 1408, 2816), use_grn=True),
-}
+__all__ = ['ARCH_SETTINGS', 'ConvNeXt']
+
 LN_EPS = 1e-6
-DECAY_TYPES = ('layer_wise', 'stage_wise')
 
 
 class GRN(nn.Module):
@@ -178,7 +168,7 @@ class ConvNeXt(BaseModule):
                  with_cp: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        setting = _arch_setting(arch)
+        setting = resolve_arch(arch)
         self.depths: Tuple[int, ...] = tuple(setting['depths'])
         self.dims: Tuple[int, ...] = tuple(setting['dims'])
         self.use_grn: bool = bool(setting.get('use_grn', False))
@@ -293,7 +283,6 @@ class ConvNeXt(BaseModule):
         strict check, or apply mmengine's initialisers for any other ``init_cfg``."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from .checkpoint import load_pretrained
             load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
             self._is_init = True
         else:
@@ -302,7 +291,7 @@ class ConvNeXt(BaseModule):
     # -- layer-wise learning-rate decay --------------------------------------------------------
     def min_num_layers(self, decay_type: str = 'layer_wise') -> int:
         """Smallest ``num_layers`` for which :meth:`get_layer_id` keeps stages apart."""
-        _check_decay_type(decay_type)
+        check_decay_type(decay_type)
         if decay_type == 'stage_wise':
             return 3
         return 4 + (self.depths[2] - 1) // 3
@@ -325,7 +314,7 @@ class ConvNeXt(BaseModule):
         Returns:
             int: 0 for the stem ... ``num_layers + 1`` for the output norms (scale 1).
         """
-        _check_decay_type(decay_type)
+        check_decay_type(decay_type)
         parts = param_name.split('.')
         if parts[0] not in ('downsample_layers', 'stages'):
             return num_layers + 1
@@ -344,25 +333,6 @@ class ConvNeXt(BaseModule):
         return {name for name, _ in self.named_parameters() if '.grn.' in name}
 
 
-def _arch_setting(arch: Union[str, dict]) -> dict:
-    if isinstance(arch, str):
-        if arch not in ARCH_SETTINGS:
-            raise ValueError(f'unknown ConvNeXt arch {arch!r}; choose one of '
-                             f'{", ".join(ARCH_SETTINGS)} or dict(depths=..., dims=...)')
-        return ARCH_SETTINGS[arch]
-    if isinstance(arch, dict):
-        unknown = set(arch) - {'depths', 'dims', 'use_grn'}
-        if unknown or not {'depths', 'dims'} <= set(arch):
-            raise ValueError(f'arch dict needs keys depths and dims (optional use_grn), got '
-                             f'{sorted(arch)}')
-        for key in ('depths', 'dims'):
-            value = arch[key]
-            if (len(value) != 4 or not all(isinstance(v, int) and v > 0 for v in value)):
-                raise ValueError(f'arch {key}={value!r} must be 4 positive ints')
-        return arch
-    raise TypeError(f'arch must be a str or dict, got {type(arch).__name__}')
-
-
 def _normalise_out_indices(out_indices: Union[int, Sequence[int]]) -> Tuple[int, ...]:
     indices = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
     if not indices or not all(isinstance(i, int) and -4 <= i <= 3 for i in indices):
@@ -372,11 +342,6 @@ def _normalise_out_indices(out_indices: Union[int, Sequence[int]]) -> Tuple[int,
     if len(set(normalised)) != len(normalised):
         raise ValueError(f'out_indices={out_indices!r} names the same stage twice')
     return normalised
-
-
-def _check_decay_type(decay_type: str) -> None:
-    if decay_type not in DECAY_TYPES:
-        raise ValueError(f'unknown decay_type {decay_type!r}; use one of {DECAY_TYPES}')
 
 
 def _init_module(module: nn.Module) -> None:

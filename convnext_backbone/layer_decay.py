@@ -26,8 +26,10 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm, _InstanceNorm
 from torch import nn
 
-from .convnext import DECAY_TYPES
 from .registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+#: The layer-id rules a backbone's ``get_layer_id`` must know (official semantics).
+DECAY_TYPES = ('layer_wise', 'stage_wise')
 
 _NORMS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 # paramwise_cfg keys of mmengine's DefaultOptimWrapperConstructor that we honour on top of the
@@ -65,10 +67,17 @@ class LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             and any of mmengine's options listed above.
 
     Note:
-        Unlike mmdet's and mmseg's ``LearningRateDecayOptimizerConstructor`` this one does not
-        look at class or module names: the backbone reports layer ids. It honours
-        ``custom_keys``, checks ``num_layers`` against the backbone's depth and merges parameters
-        into one group per (layer id, lr, weight decay) instead of one group per parameter.
+        mmdet 3.3's ``LearningRateDecayOptimizerConstructor``
+        (``mmdet/engine/optimizers/layer_decay_optimizer_constructor.py``) replaces ``add_params``
+        with a loop that raises ``NotImplementedError`` unless the backbone's class name contains
+        'ConvNeXt' (mmseg 1.2's copy, ``mmseg/engine/optimizers/
+        layer_decay_optimizer_constructor.py``, also takes 'BEiT' and 'MAE' for ``layer_wise``),
+        reads only ``num_layers``, ``decay_rate`` and ``decay_type`` from ``paramwise_cfg`` (no
+        ``custom_keys``, no ``*_mult``), never checks ``num_layers`` against the depth, and groups
+        parameters by ``layer_{id}_{decay|no_decay}``. Here the backbone reports layer ids (no
+        name matching), mmengine's ``paramwise_cfg`` options apply, ``num_layers`` is checked,
+        and parameters are grouped by (layer id, lr, weight decay): the same groups as theirs
+        when no option changes lr or weight decay within a layer.
         Because the official rule already gives 1-D parameters and biases no weight decay,
         ``norm_decay_mult``, ``bias_decay_mult`` and ``flat_decay_mult`` multiply 0 for them;
         ``dwconv_decay_mult`` and ``custom_keys`` are the options that change decayed weights.
@@ -94,10 +103,7 @@ class LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             raise ValueError(f'paramwise_cfg keys {unknown} are not supported by '
                              'LayerDecayOptimizerConstructor; allowed: '
                              f'{", ".join(_OWN_KEYS + _MMENGINE_KEYS)}')
-        decay_type = cfg.get('decay_type', 'layer_wise')
-        if decay_type not in DECAY_TYPES:
-            raise ValueError(f'unknown decay_type {decay_type!r}; use one of '
-                             f'{", ".join(repr(t) for t in DECAY_TYPES)}')
+        check_decay_type(cfg.get('decay_type', 'layer_wise'))
         if 'decay_rate' not in cfg:
             raise ValueError('paramwise_cfg needs decay_rate (the official recipes use 0.95, '
                              '0.9, 0.8 or 0.7)')
@@ -229,6 +235,13 @@ class LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             lines.append(f'{layer_id:>8}  {scale:>8.4f}  {weight_decay:>12g}  '
                          f'{len(group["params"]):>7}  {elements:>11,}')
         print_log('\n'.join(lines), logger='current')
+
+
+def check_decay_type(decay_type: str) -> None:
+    """Raise ``ValueError`` naming the known types unless ``decay_type`` is one of them."""
+    if decay_type not in DECAY_TYPES:
+        raise ValueError(f'unknown decay_type {decay_type!r}; use one of '
+                         f'{", ".join(repr(t) for t in DECAY_TYPES)}')
 
 
 def _find_backbone(model: nn.Module) -> nn.Module:

@@ -91,15 +91,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``gelu(linear(x, weight, bias))`` (exact, erf GELU), fused by oneDNN when it may be.
 
-    Under CPU autocast the product runs in the autocast dtype, as ``F.linear`` would.
-
-    Args:
-        x (torch.Tensor): (..., in_features), contiguous.
-        weight (torch.Tensor): (out_features, in_features).
-        bias (torch.Tensor): (out_features,).
-
-    Returns:
-        torch.Tensor: (..., out_features).
+    Arguments, result and autocast behaviour as :func:`linear`.
     """
     return _linear_pointwise(x, weight, bias, gelu=True)
 
