@@ -115,7 +115,8 @@ def test_config_follows_the_recipe(name):
                                          num_layers=r.num_layers)
     assert 'clip_grad' not in wrapper and 'loss_scale' not in wrapper
 
-    assert cfg.train_cfg.type == 'EpochBasedTrainLoop'
+    # mmdet's epoch loop, resumable inside an epoch
+    assert cfg.train_cfg.type == 'convnext_backbone.ResumableEpochBasedTrainLoop'
     assert cfg.train_cfg.max_epochs == r.epochs
     warmup, steps = cfg.param_scheduler
     assert warmup == dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500)

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -18,8 +19,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from convnext_backbone import CheckpointError, ConvNeXt, load_pretrained
-from convnext_backbone.datasets_check import DatasetError, check_datasets
-from convnext_backbone.runner import FiniteLossHook, NonFiniteLossError, SafeRunner
+from convnext_backbone.engine import (
+    DatasetError,
+    FiniteLossHook,
+    NonFiniteLossError,
+    ResumableRunner,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -101,18 +106,20 @@ def _truncate(path, keep=0.5):
 
 
 @pytest.mark.parametrize('make, message', [
-    (lambda p: p.parent / 'nowhere.pth', 'checkpoint not found: {path}'),
-    (lambda p: _truncate(p), 'cannot read checkpoint {path}: the file is truncated, corrupt or '
-                             'not a PyTorch checkpoint'),
-    (lambda p: _truncate(p, keep=0), 'cannot read checkpoint {path}: the file is truncated'),
+    (lambda p: p.parent / 'nowhere.pth', 'checkpoint not found: {path}$'),
+    (lambda p: _truncate(p), r'cannot read checkpoint {path} \(\d+ bytes\): the file is '
+                             'truncated, corrupt or not a PyTorch checkpoint'),
+    (lambda p: _truncate(p, keep=0), r'cannot read checkpoint {path} \(0 bytes\): the file is '
+                                     'truncated'),
     (lambda p: (p.write_text('<html>404 Not Found</html>'), p)[1],
-     'cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint'),
+     r'cannot read checkpoint {path} \(26 bytes\): the file is truncated, corrupt or not a '
+     'PyTorch checkpoint'),
 ])
 def test_unreadable_checkpoint_names_the_file_and_cause(small_checkpoint, make, message):
     path = make(small_checkpoint)
     with pytest.raises(CheckpointError) as err:
         load_pretrained(ConvNeXt(arch=SMALL), str(path))
-    assert str(err.value).startswith(message.format(path=path)), str(err.value)
+    assert re.match(message.format(path=re.escape(str(path))), str(err.value)), str(err.value)
     _one_line(str(err.value))
 
 
@@ -202,7 +209,7 @@ def toy_runner(work_dir, model=None, **kwargs):
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=False)))
     cfg.update(kwargs)
-    return SafeRunner(**cfg)
+    return ResumableRunner(**cfg)
 
 
 def test_resume_from_truncated_checkpoint_names_the_file(tmp_path):
@@ -330,25 +337,45 @@ def demo_data(tmp_path_factory):
 SHAPES = ('circle', 'triangle', 'square', 'star')
 
 
-def _det_cfg(root, **dataset):
-    from mmengine.config import Config
+class Heads(nn.Module):
+    """Stands in for a detector or segmentor: only its heads' ``num_classes`` are read."""
+
+    def __init__(self, roi_classes=4, seg_classes=8):
+        super().__init__()
+        self.net = nn.Linear(4, 1)
+        self.roi_head = nn.Module()
+        self.roi_head.bbox_head = nn.Module()
+        self.roi_head.bbox_head.num_classes = roi_classes
+        self.decode_head = nn.Module()
+        self.decode_head.num_classes = seg_classes
+
+
+def _det_dataset(root, **dataset):
     ds = dict(type='CocoDataset', data_root=str(root / 'coco'),
               ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'),
-              metainfo=dict(classes=SHAPES))
+              metainfo=dict(classes=SHAPES), pipeline=[])
     ds.update(dataset)
-    return Config(dict(default_scope='mmdet',
-                       model=dict(roi_head=dict(bbox_head=dict(num_classes=4))),
-                       train_dataloader=dict(dataset=dict(type='RepeatDataset', times=2,
-                                                          dataset=ds))))
+    return ds
 
 
-def _seg_cfg(root, num_classes=8, **dataset):
-    from mmengine.config import Config
-    ds = dict(type='ADE20KDataset', data_root=str(root / 'ade'),
+def _seg_dataset(root, **dataset):
+    ds = dict(type='ADE20KDataset', data_root=str(root / 'ade'), pipeline=[],
               data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'))
     ds.update(dataset)
-    return Config(dict(default_scope='mmseg', model=dict(decode_head=dict(num_classes=num_classes)),
-                       train_dataloader=dict(dataset=ds)))
+    return ds
+
+
+def _build_loader(tmp_path, scope, dataset, model=None):
+    """What ResumableRunner does for every dataloader: check, build, check what was built."""
+    wrapped = dict(type='RepeatDataset', times=2, dataset=dataset) if scope == 'mmdet' else dataset
+    loader = dict(dataset=wrapped, batch_size=1, num_workers=0,
+                  sampler=dict(type='DefaultSampler', shuffle=False))
+    runner = ResumableRunner(model=model or Heads(), work_dir=str(tmp_path / 'work'),
+                             default_scope=scope, train_dataloader=loader,
+                             train_cfg=dict(by_epoch=False, max_iters=1),
+                             optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+                             experiment_name=f'data-{time.time_ns()}')
+    return runner.build_dataloader(runner._train_dataloader)
 
 
 def _edit_coco(root, name, edit):
@@ -360,11 +387,11 @@ def _edit_coco(root, name, edit):
     return f'annotations/{name}'
 
 
-def test_good_demo_datasets_pass_the_check(demo_data):
+def test_good_demo_datasets_pass_the_check(demo_data, tmp_path):
     pytest.importorskip('mmdet')
     pytest.importorskip('mmseg')
-    check_datasets(_det_cfg(demo_data))
-    check_datasets(_seg_cfg(demo_data))
+    assert len(_build_loader(tmp_path, 'mmdet', _det_dataset(demo_data)).dataset) == 6
+    assert len(_build_loader(tmp_path, 'mmseg', _seg_dataset(demo_data)).dataset) == 3
 
 
 def _unknown_category(data):
@@ -375,6 +402,10 @@ def _no_images(data):
     data['images'], data['annotations'] = [], []
 
 
+def _no_bbox(data):
+    del data['annotations'][0]['bbox']
+
+
 @pytest.mark.parametrize('case, message', [
     ('missing root', 'dataset folder not found: {root}/nowhere '
                      '(train_dataloader.dataset.dataset.data_root)'),
@@ -382,9 +413,11 @@ def _no_images(data):
                     '(train_dataloader.dataset.dataset.ann_file)'),
     ('bad json', 'annotation file {root}/coco/annotations/bad.json is not valid JSON: '
                  'Expecting value at line 1 column 13'),
+    ('not coco', 'annotation file {root}/coco/annotations/nobbox.json could not be parsed '
+                 "(KeyError: 'bbox')"),
     ('unknown category', 'annotations in {root}/coco/annotations/unknown.json use category ids '
                          '[99] that its "categories" do not define (defined: [1, 2, 3, 4]): 1 '
-                         'such annotation(s), the first is annotation id 2 of image id 1'),
+                         'such annotation(s), the first on image id 1'),
     ('no images', 'annotation file {root}/coco/annotations/empty.json lists no images: the '
                   'dataset is empty'),
     ('wrong classes', "the classes of train_dataloader.dataset.dataset ('cat', 'dog') are not all "
@@ -397,57 +430,60 @@ def _no_images(data):
     ('missing images', '3 of the first 3 images listed in '
                        '{root}/coco/annotations/instances_train.json are not in {root}/ade'),
 ])
-def test_bad_coco_dataset_is_named_before_training(demo_data, case, message):
+def test_bad_coco_dataset_is_named_before_training(demo_data, tmp_path, case, message):
     pytest.importorskip('mmdet')
     root = demo_data
     (root / 'empty').mkdir(exist_ok=True)
     (root / 'coco' / 'annotations' / 'bad.json').write_text('{"images": [')
-    cfg = {
-        'missing root': lambda: _det_cfg(root, data_root=str(root / 'nowhere')),
-        'missing ann': lambda: _det_cfg(root, ann_file='annotations/nope.json'),
-        'bad json': lambda: _det_cfg(root, ann_file='annotations/bad.json'),
-        'unknown category': lambda: _det_cfg(
+    dataset = {
+        'missing root': lambda: _det_dataset(root, data_root=str(root / 'nowhere')),
+        'missing ann': lambda: _det_dataset(root, ann_file='annotations/nope.json'),
+        'bad json': lambda: _det_dataset(root, ann_file='annotations/bad.json'),
+        'not coco': lambda: _det_dataset(root, ann_file=_edit_coco(root, 'nobbox.json',
+                                                                   _no_bbox)),
+        'unknown category': lambda: _det_dataset(
             root, ann_file=_edit_coco(root, 'unknown.json', _unknown_category)),
-        'no images': lambda: _det_cfg(root, ann_file=_edit_coco(root, 'empty.json', _no_images)),
-        'wrong classes': lambda: _det_cfg(root, metainfo=dict(classes=('cat', 'dog'))),
-        'coco classes': lambda: _det_cfg(root, metainfo=None),
-        'too few num_classes': lambda: _too_few_classes(_det_cfg(root)),
-        'empty image folder': lambda: _det_cfg(root, data_prefix=dict(img=str(root / 'empty'))),
-        'missing images': lambda: _det_cfg(root, data_prefix=dict(img=str(root / 'ade'))),
+        'no images': lambda: _det_dataset(
+            root, ann_file=_edit_coco(root, 'empty.json', _no_images)),
+        'wrong classes': lambda: _det_dataset(root, metainfo=dict(classes=('cat', 'dog'))),
+        'coco classes': lambda: _det_dataset(root, metainfo=None),
+        'too few num_classes': lambda: _det_dataset(root),
+        'empty image folder': lambda: _det_dataset(root, data_prefix=dict(img=str(root / 'empty'))),
+        'missing images': lambda: _det_dataset(root, data_prefix=dict(img=str(root / 'ade'))),
     }[case]()
+    model = Heads(roi_classes=3) if case == 'too few num_classes' else None
     with pytest.raises(DatasetError) as err:
-        check_datasets(cfg)
+        _build_loader(tmp_path, 'mmdet', dataset, model)
     assert str(err.value).startswith(message.format(root=root)), str(err.value)
     _one_line(str(err.value))
-
-
-def _too_few_classes(cfg):
-    cfg.model.roi_head.bbox_head.num_classes = 3
-    return cfg
 
 
 @pytest.mark.parametrize('case, message', [
     ('missing root', 'dataset folder not found: {root}/nowhere (train_dataloader.dataset.'
                      'data_root)'),
-    ('empty folder', 'image folder {root}/empty holds no .jpg images: the dataset is empty'),
+    ('empty folder', 'image folder {root}/empty is empty'),
+    ('no images of the suffix', 'image folder {root}/ade/images/training holds no .png images: '
+                                'the dataset is empty'),
     ('missing labels', 'label folder not found: {root}/ade/annotations/nope'),
     ('label beyond num_classes', 'label map {root}/ade/annotations/training/000000.png holds '
                                  'class value 8, beyond decode_head.num_classes=3'),
 ])
-def test_bad_segmentation_dataset_is_named_before_training(demo_data, case, message):
+def test_bad_segmentation_dataset_is_named_before_training(demo_data, tmp_path, case, message):
     pytest.importorskip('mmseg')
     root = demo_data
     (root / 'empty').mkdir(exist_ok=True)
-    cfg = {
-        'missing root': lambda: _seg_cfg(root, data_root=str(root / 'nowhere')),
-        'empty folder': lambda: _seg_cfg(root, data_prefix=dict(
+    dataset = {
+        'missing root': lambda: _seg_dataset(root, data_root=str(root / 'nowhere')),
+        'empty folder': lambda: _seg_dataset(root, data_prefix=dict(
             img_path=str(root / 'empty'), seg_map_path='annotations/training')),
-        'missing labels': lambda: _seg_cfg(root, data_prefix=dict(
+        'no images of the suffix': lambda: _seg_dataset(root, img_suffix='.png'),
+        'missing labels': lambda: _seg_dataset(root, data_prefix=dict(
             img_path='images/training', seg_map_path='annotations/nope')),
-        'label beyond num_classes': lambda: _seg_cfg(root, num_classes=3),
+        'label beyond num_classes': lambda: _seg_dataset(root),
     }[case]()
+    model = Heads(seg_classes=3) if case == 'label beyond num_classes' else None
     with pytest.raises(DatasetError) as err:
-        check_datasets(cfg)
+        _build_loader(tmp_path, 'mmseg', dataset, model)
     assert str(err.value).startswith(message.format(root=root)), str(err.value)
     _one_line(str(err.value))
 
@@ -458,8 +494,8 @@ def test_mmdet_alone_drops_unknown_category_silently(demo_data):
     from mmdet.registry import DATASETS
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
-    cfg = _det_cfg(demo_data, ann_file=_edit_coco(demo_data, 'unknown2.json', _unknown_category))
-    dataset = DATASETS.build(dict(cfg.train_dataloader.dataset.dataset, pipeline=[]))
+    dataset = DATASETS.build(_det_dataset(
+        demo_data, ann_file=_edit_coco(demo_data, 'unknown2.json', _unknown_category)))
     kept = sum(len(dataset.get_data_info(i)['instances']) for i in range(len(dataset)))
     with open(demo_data / 'coco' / 'annotations' / 'instances_train.json') as f:
         assert kept == len(json.load(f)['annotations']) - 1
@@ -599,7 +635,7 @@ def test_infer_handles_grayscale_rgba_and_16_bit_images(tmp_path, infer_models, 
                 assert inst['mask']['size'] == [48, 80]
 
 
-def test_infer_refuses_a_checkpoint_of_another_model(tmp_path, infer_models):
+def test_infer_refuses_a_checkpoint_of_another_model(tmp_path, infer_models, capsys):
     config, _ = infer_models['mmseg']
     other = tmp_path / 'other.pth'
     torch.save({'state_dict': ConvNeXt(arch=SMALL).state_dict()}, other)
@@ -607,15 +643,17 @@ def test_infer_refuses_a_checkpoint_of_another_model(tmp_path, infer_models):
     with pytest.raises(SystemExit) as err:
         _tool('infer').main([config, str(other), str(images / 'color.jpg'), '--out',
                              str(tmp_path / 'out')])
-    message = _one_line(str(err.value))
-    assert message.startswith(f'error: checkpoint {other} does not fit the model of {config}: ')
-    assert 'model weights missing, first' in message
+    assert err.value.code == 1
+    message = _one_line(capsys.readouterr().err.strip())
+    assert f'error: checkpoint {other} does not fit the model of {config}: ' in message
+    assert 'model weights missing from the checkpoint, first' in message
 
 
-def test_infer_names_a_missing_image(tmp_path, infer_models):
+def test_infer_names_a_missing_image(tmp_path, infer_models, capsys):
     config, ckpt = infer_models['mmseg']
-    with pytest.raises(SystemExit, match='error: image or folder not found: .*nope.jpg'):
+    with pytest.raises(SystemExit):
         _tool('infer').main([config, ckpt, str(tmp_path / 'nope.jpg'), '--out', str(tmp_path)])
+    assert re.search('error: image or folder not found: .*nope.jpg', capsys.readouterr().err)
 
 
 def test_plot_logs_names_a_work_dir_without_logs(tmp_path):
@@ -625,12 +663,12 @@ def test_plot_logs_names_a_work_dir_without_logs(tmp_path):
         _tool('plot_logs').main([str(tmp_path / 'nope')])
 
 
-def test_copy_of_config_is_not_modified_by_the_check(demo_data):
+def test_the_check_leaves_the_config_as_it_was(demo_data, tmp_path):
     pytest.importorskip('mmdet')
-    cfg = _det_cfg(demo_data)
-    before = copy.deepcopy(cfg.to_dict())
-    check_datasets(cfg)
-    assert cfg.to_dict() == before
+    dataset = _det_dataset(demo_data)
+    before = copy.deepcopy(dataset)
+    _build_loader(tmp_path, 'mmdet', dataset)
+    assert dataset == before
 
 
 MISSING_DATA_CONFIG = '''
@@ -666,3 +704,39 @@ def test_train_py_names_a_missing_dataset_folder_before_training(tmp_path):
     assert last.endswith(f'dataset folder not found: {missing} (train_dataloader.dataset.'
                          'data_root); download the data there or point data_root at it, e.g. '
                          '--cfg-options train_dataloader.dataset.data_root=/path/to/data'), last
+
+
+@pytest.mark.parametrize('where', ['last', 'first', 'pretty'])
+def test_coco_categories_are_read_without_parsing_the_annotations(tmp_path, where):
+    """The dataset check reads the small "categories" list of a large file on its own: its
+    memory must not grow with the file (mmdet parses the file once; we must not again)."""
+    import tracemalloc
+
+    from convnext_backbone.engine.preflight import read_coco_categories
+    categories = [dict(id=i, name=f'c{i}', supercategory='x') for i in (1, 2, 7)]
+    annotations = [dict(id=i, image_id=i, category_id=1, bbox=[0, 0, 1, 1],
+                        segmentation=[[0.5] * 40], note='"categories": [1]') for i in range(40000)]
+    data = dict(info=dict(description='has a key "categories" inside'), images=[],
+                annotations=annotations, categories=categories)
+    if where == 'first':
+        data = dict(categories=categories, **{k: v for k, v in data.items() if k != 'categories'})
+    path = tmp_path / 'big.json'
+    path.write_text(json.dumps(data, indent=1 if where == 'pretty' else None))
+    assert path.stat().st_size > 10_000_000
+    tracemalloc.start()
+    try:
+        found = read_coco_categories(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == categories
+    assert peak < 2_000_000, peak
+
+
+def test_coco_categories_of_a_file_without_them_are_none(tmp_path):
+    from convnext_backbone.engine.preflight import read_coco_categories
+    path = tmp_path / 'x.json'
+    path.write_text('{"images": [], "annotations": []}')
+    assert read_coco_categories(str(path)) is None
+    path.write_text('')
+    assert read_coco_categories(str(path)) is None

@@ -1,5 +1,5 @@
 """Nothing is lost on interruption: resume continues exactly, checkpoints are written atomically
-and load under torch's weights_only loading (convnext_backbone.runner)."""
+and load under torch's weights_only loading (convnext_backbone.engine)."""
 import os
 import pickle
 import signal
@@ -16,18 +16,14 @@ from mmengine.model import BaseModel
 from torch import nn
 from torch.utils.data import Dataset
 
-from convnext_backbone.runner import (
-    SafeRunner,
-    checkpoint_safe_globals,
-    find_resumable_checkpoint,
-    is_complete_checkpoint,
-)
+from convnext_backbone.checkpoint import allowlisted_globals, is_complete_checkpoint
+from convnext_backbone.engine import ResumableRunner, find_resumable_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 
 
-# -- a toy model trained by SafeRunner in this process --------------------------------------------
+# -- a toy model trained by ResumableRunner in this process ---------------------------------------
 class ToyData(Dataset):
     metainfo = dict(classes=('a', 'b'))
 
@@ -78,13 +74,13 @@ def toy_runner(work_dir, loop, hooks, resume=False, name='run'):
     """4 iterations per epoch, 12 in all; checkpoints every 2 iterations; lr warm-up per
     iteration and a step at epoch 2 (iteration 8), so a shifted schedule shows."""
     if loop == 'epoch':
-        train_cfg = dict(by_epoch=True, max_epochs=3)
+        train_cfg = dict(type='convnext_backbone.ResumableEpochBasedTrainLoop', max_epochs=3)
         step = dict(type='MultiStepLR', milestones=[2], gamma=0.1, by_epoch=True)
     else:
         train_cfg = dict(by_epoch=False, max_iters=12)
         step = dict(type='MultiStepLR', milestones=[8], gamma=0.1, by_epoch=False)
     torch.manual_seed(0)  # the same initial weights in every run
-    return SafeRunner(
+    return ResumableRunner(
         model=ToyModel(), work_dir=str(work_dir), experiment_name=f'{name}-{time.time_ns()}',
         train_dataloader=dict(dataset=ToyData(), batch_size=2, num_workers=0,
                               sampler=dict(type='DefaultSampler', shuffle=True),
@@ -148,7 +144,7 @@ def mmengine_checkpoint(tmp_path_factory):
 def test_mmengine_checkpoint_needs_the_allowlist_under_weights_only(mmengine_checkpoint):
     with pytest.raises(pickle.UnpicklingError, match='getattr|Counter|HistoryBuffer'):
         torch.load(mmengine_checkpoint, map_location='cpu', weights_only=True)
-    with checkpoint_safe_globals():
+    with allowlisted_globals():
         ckpt = torch.load(mmengine_checkpoint, map_location='cpu', weights_only=True)
     assert ckpt['meta']['iter'] == 12
     buffer = ckpt['message_hub']['log_scalars']['train/loss']
@@ -170,7 +166,7 @@ class _Evil:
 def test_getattr_stand_in_refuses_anything_but_history_buffer_statistics(tmp_path):
     path = tmp_path / 'evil.pth'
     torch.save({'x': _Evil()}, path)
-    with checkpoint_safe_globals(), pytest.raises(pickle.UnpicklingError, match='refusing getattr'):
+    with allowlisted_globals(), pytest.raises(pickle.UnpicklingError, match='refusing getattr'):
         torch.load(path, weights_only=True)
 
 
@@ -218,7 +214,7 @@ def test_crash_while_saving_leaves_previous_checkpoint_usable(tmp_path, mode):
         assert not os.path.exists(work_dir / '.iter_4.pth.partial')  # cleaned up
     assert not os.path.exists(work_dir / 'iter_4.pth')
     assert (work_dir / 'last_checkpoint').read_text().strip() == str(work_dir / 'iter_2.pth')
-    with checkpoint_safe_globals():
+    with allowlisted_globals():
         ckpt = torch.load(work_dir / 'iter_2.pth', map_location='cpu', weights_only=True)
     assert ckpt['meta']['iter'] == 2
     assert find_resumable_checkpoint(str(work_dir)) == str(work_dir / 'iter_2.pth')
@@ -287,7 +283,8 @@ train_dataloader = dict(
                  data_prefix=dict(img_path='images/training',
                                   seg_map_path='annotations/training'),
                  pipeline=pipeline))
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=3, val_interval=100)
+train_cfg = dict(type='convnext_backbone.ResumableEpochBasedTrainLoop', max_epochs=3,
+                 val_interval=100)
 optim_wrapper = dict(type='OptimWrapper',
                      optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05))
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=6),
@@ -385,7 +382,7 @@ def test_train_py_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path):
     # same data order, optimizer and schedule: the continued run computes the same losses
     for it in range(7, 13):
         assert log[it]['loss'] == pytest.approx(ref_log[it]['loss'], rel=1e-4), f'loss at {it}'
-    with checkpoint_safe_globals():
+    with allowlisted_globals():
         ref_ckpt = torch.load(tmp_path / 'ref' / 'iter_12.pth', weights_only=True)
         ckpt = torch.load(work / 'iter_12.pth', weights_only=True)
     assert ckpt['meta']['iter'] == ref_ckpt['meta']['iter'] == 12

@@ -46,15 +46,11 @@ import time
 from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from convnext_backbone import ConvNeXt, convert_state_dict  # noqa: E402
-from convnext_backbone.ops import mkldnn_linear_available  # noqa: E402
+from convnext_backbone import ConvNeXt, cli, convert_state_dict
+from convnext_backbone.ops import mkldnn_linear_available
 
 TIMM_NAMES = {'tiny': 'convnext_tiny', 'small': 'convnext_small', 'base': 'convnext_base',
               'large': 'convnext_large', 'xlarge': 'convnext_xlarge'}
@@ -370,17 +366,10 @@ class AutocastBackbone(nn.Module):
 def bench_config(args: argparse.Namespace) -> bool:
     """End-to-end inference (``model.test_step``: preprocessing, backbone, neck, heads,
     post-processing) of a config's model with random weights on one synthetic image."""
-    from mmengine.config import Config
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import MODELS, init_default_scope
-
-    cfg = Config.fromfile(args.config)
+    cfg = cli.read_config(args.config)
     scope = cfg.get('default_scope')
-    init_default_scope(scope)
-    model_cfg = cfg.model.copy()
-    model_cfg.backbone.pop('init_cfg', None)  # random weights: nothing to download
     torch.manual_seed(0)
-    model = revert_sync_batchnorm(MODELS.build(model_cfg)).eval()
+    model = cli.build_model(cfg)
     fused = copy.deepcopy(model)
     if hasattr(fused.backbone, 'fuse'):
         fused.backbone.fuse()

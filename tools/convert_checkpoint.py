@@ -4,8 +4,9 @@ Usage:
     python tools/convert_checkpoint.py IN OUT
 
 IN may be an official classification or detection/segmentation checkpoint, an mmpretrain, timm
-(.pth or .safetensors) or HF transformers file, or a URL. OUT holds ``{'state_dict': weights}`` with
-plain tensors only, so it loads with ``torch.load(weights_only=True)``.
+(.pth or .safetensors) or HF transformers file, a checkpoint written by our tools/train.py, or a
+URL. OUT holds ``{'state_dict': backbone weights}`` with plain tensors only, so it loads with
+``torch.load(weights_only=True)``.
 """
 import argparse
 import os
@@ -24,8 +25,8 @@ def main(argv=None) -> int:
     try:
         converted = convert_state_dict(read_checkpoint(args.src))
     except CheckpointError as err:
-        print(f'error: {args.src}: {err}' if args.src not in str(err) else f'error: {err}',
-              file=sys.stderr)
+        message = str(err) if args.src in str(err) else f'{args.src}: {err}'
+        print(f'error: {message}', file=sys.stderr)
         return 1
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     torch.save({'state_dict': converted.state_dict}, args.dst)

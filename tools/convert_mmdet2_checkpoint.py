@@ -34,17 +34,18 @@ import os
 import os.path as osp
 import sys
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+import torch
 
-import torch  # noqa: E402
-from mmengine.config import Config  # noqa: E402
-
-from convnext_backbone import checkpoint as cnx  # noqa: E402
-from convnext_backbone.checkpoint import CheckpointError  # noqa: E402
+from convnext_backbone import cli
+from convnext_backbone.checkpoint import (
+    CheckpointError,
+    check_fit,
+    convert_state_dict,
+    read_checkpoint,
+    unwrap_state_dict,
+)
 
 BACKBONE = 'backbone.'
 
@@ -64,20 +65,12 @@ def convert(checkpoint: Mapping[str, Any]) -> Tuple['OrderedDict[str, torch.Tens
         CheckpointError: When the file holds no weights or its backbone is no known ConvNeXt
             layout.
     """
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f'expected a dict, got {type(checkpoint).__name__}')
-    state = checkpoint.get('state_dict', checkpoint)
-    if not isinstance(state, Mapping):
-        raise CheckpointError('state_dict is not a dict of tensors')
-    state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
-                        for k, v in state.items() if isinstance(v, torch.Tensor))
-    if not state:
-        raise CheckpointError('the checkpoint holds no tensors')
+    state = unwrap_state_dict(checkpoint)
     backbone = {k: v for k, v in state.items() if k.startswith(BACKBONE)}
     if not backbone:
         raise CheckpointError(f'no {BACKBONE}* keys: not a full detector/segmentor checkpoint '
                               f'(first keys {list(state)[:3]})')
-    converted = cnx.convert_state_dict({'state_dict': backbone})
+    converted = convert_state_dict({'state_dict': backbone})
     if converted.unused:
         raise CheckpointError(f'{len(converted.unused)} backbone keys are not ConvNeXt weights, '
                               f'first {converted.unused[:3]}')
@@ -104,39 +97,6 @@ def _meta(source: Any) -> dict:
     return meta
 
 
-def check_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> List[str]:
-    """Compare a state dict with a model's: every key present with the same shape, no extras.
-
-    Returns:
-        list[str]: Problems found (empty when the state dict fits exactly).
-    """
-    own = model.state_dict()
-    problems = []
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    shapes = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'
-              for k, v in own.items() if k in state and state[k].shape != v.shape]
-    if missing:
-        problems.append(f'{len(missing)} model weights missing from the checkpoint, first '
-                        f'{missing[:5]}')
-    if extra:
-        problems.append(f'{len(extra)} checkpoint weights the model does not have, first '
-                        f'{extra[:5]}')
-    if shapes:
-        problems.append(f'{len(shapes)} shape mismatches, first {shapes[:5]}')
-    return problems
-
-
-def build_model(config: str) -> torch.nn.Module:
-    """Build the model of a config (random weights, nothing downloaded)."""
-    from mmengine.registry import MODELS, init_default_scope
-    cfg = Config.fromfile(config)
-    init_default_scope(cfg.get('default_scope'))
-    model_cfg = cfg.model.copy()
-    model_cfg.get('backbone', {}).pop('init_cfg', None)
-    return MODELS.build(model_cfg)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -147,18 +107,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('src', help='checkpoint path or URL')
     parser.add_argument('dst', help='output .pth path')
     args = parser.parse_args(argv)
-    if not osp.isfile(args.config):
-        print(f'error: config file not found: {args.config}', file=sys.stderr)
-        return 2
+    cli.read_config(args.config)  # a missing config is one line
     try:
-        state, meta, layout = convert(cnx.read_checkpoint(args.src))
+        state, meta, layout = convert(read_checkpoint(args.src))
     except CheckpointError as err:
-        print(f'error: {args.src}: {err}', file=sys.stderr)
+        message = str(err) if args.src in str(err) else f'{args.src}: {err}'
+        print(f'error: {message}', file=sys.stderr)
         return 1
-    problems = check_fits(build_model(args.config), state)
-    if problems:
-        print(f'error: {args.src} does not fit the model of {args.config}: '
-              + '; '.join(problems), file=sys.stderr)
+    fit, _, _ = check_fit(cli.build_model(cli.read_config(args.config)).state_dict(), state)
+    if not fit:
+        print(f'error: {args.src} does not fit the model of {args.config}: {fit.describe()}',
+              file=sys.stderr)
         return 1
     meta['converted_from'] = args.src
     os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)

@@ -34,7 +34,6 @@ export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 # Idle OpenMP threads sleep instead of spinning: on a machine shared with other jobs, spinning
 # threads made training steps several times slower here.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 DET_CFG=configs/demo/mask-rcnn_convnext-demo_lite-fpn_shapes.py
 SEG_CFG=configs/demo/upernet_convnext-demo_lite_shapes.py
@@ -73,6 +72,17 @@ last_checkpoint() {  # the checkpoint named in WORK/last_checkpoint
     if [ ! -f "$file" ]; then echo "demo.sh: no checkpoint in $1 (training failed?)" >&2; exit 1; fi
     cat "$file"
 }
+train_and_test() {  # train_and_test NAME CONFIG WORK_DIR CFG_OPTION...: train, then test the
+    # last checkpoint drawing its predictions into WORK_DIR/vis; the test stage stays open
+    local name=$1 config=$2 work=$3
+    shift 3
+    stage "train $name"
+    "$PYTHON" tools/train.py "$config" --work-dir "$work" --cfg-options "$@"
+    done_stage "$work"
+    stage "test $name"
+    "$PYTHON" tools/test.py "$config" "$(last_checkpoint "$work")" --work-dir "$work" \
+        --show-dir "$work/vis" --cfg-options "$@"
+}
 metric() {  # metric JSON KEY [SCALE]: a value of test_metrics.json, times SCALE, 3 decimals
     "$PYTHON" -c 'import json, sys; m = json.load(open(sys.argv[1]))
 print(f"{float(m[sys.argv[2]]) * float(sys.argv[3]):.3f}")' "$1" "$2" "${3:-1}"
@@ -99,12 +109,7 @@ if [ "$DEMO" != seg ]; then
               test_dataloader.dataset.data_root="$COCO/"
               val_evaluator.ann_file="$COCO/annotations/instances_val.json"
               test_evaluator.ann_file="$COCO/annotations/instances_val.json")
-    stage "train Mask R-CNN"
-    "$PYTHON" tools/train.py "$DET_CFG" --work-dir "$DET_WORK" --cfg-options "${DET_DATA[@]}"
-    done_stage "$DET_WORK"
-    stage "test Mask R-CNN"
-    "$PYTHON" tools/test.py "$DET_CFG" "$(last_checkpoint "$DET_WORK")" --work-dir "$DET_WORK" \
-        --show-dir "$DET_WORK/vis" --cfg-options "${DET_DATA[@]}"
+    train_and_test "Mask R-CNN" "$DET_CFG" "$DET_WORK" "${DET_DATA[@]}"
     BBOX=$(metric "$DET_WORK/test_metrics.json" coco/bbox_mAP)
     SEGM=$(metric "$DET_WORK/test_metrics.json" coco/segm_mAP)
     done_stage "bbox mAP $BBOX, segm mAP $SEGM"
@@ -119,12 +124,7 @@ if [ "$DEMO" != det ]; then
               train_dataloader.dataset.data_root="$ADE"
               val_dataloader.dataset.data_root="$ADE"
               test_dataloader.dataset.data_root="$ADE")
-    stage "train UperNet"
-    "$PYTHON" tools/train.py "$SEG_CFG" --work-dir "$SEG_WORK" --cfg-options "${SEG_DATA[@]}"
-    done_stage "$SEG_WORK"
-    stage "test UperNet"
-    "$PYTHON" tools/test.py "$SEG_CFG" "$(last_checkpoint "$SEG_WORK")" --work-dir "$SEG_WORK" \
-        --show-dir "$SEG_WORK/vis" --cfg-options "${SEG_DATA[@]}"
+    train_and_test UperNet "$SEG_CFG" "$SEG_WORK" "${SEG_DATA[@]}"
     # mmseg reports percentages
     MIOU=$(metric "$SEG_WORK/test_metrics.json" mIoU 0.01)
     done_stage "mIoU $MIOU"

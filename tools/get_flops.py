@@ -30,23 +30,15 @@ rule for (fused oneDNN kernels, custom autograd functions other than mmcv's RoIA
 FLOPs would silently be missing.
 """
 import argparse
-import os.path as osp
 import re
-import sys
 from typing import List, Optional, Sequence, Tuple
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+import torch
+from mmengine.analysis import FlopAnalyzer, parameter_count
+from mmengine.config import Config
+from torch import nn
 
-import torch  # noqa: E402
-from mmengine.analysis import FlopAnalyzer, parameter_count  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.model import revert_sync_batchnorm  # noqa: E402
-from mmengine.registry import MODELS, init_default_scope  # noqa: E402
-from torch import nn  # noqa: E402
-
-import convnext_backbone  # noqa: E402,F401 (registers our modules, quiets mmengine)
+from convnext_backbone import cli
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 2048)}
 NUM_PROPOSALS = 1000  # box heads run on this many proposals (mmdet 2.x forward_dummy)
@@ -157,11 +149,8 @@ def build_counted_model(cfg: Config, shape: Tuple[int, int]) -> Tuple[nn.Module,
     Returns:
         tuple[nn.Module, str]: The module to analyse and a one-line description of its forward.
     """
-    scope = cfg.get('default_scope')
-    init_default_scope(scope)
-    model_cfg = cfg.model.copy()
-    model = revert_sync_batchnorm(MODELS.build(model_cfg)).eval()
-    if scope == 'mmdet' and getattr(model, 'roi_head', None) is not None:
+    model = cli.build_model(cfg)
+    if cfg.get('default_scope') == 'mmdet' and getattr(model, 'roi_head', None) is not None:
         counted = TwoStageDummy(model, shape)
         how = (f'mmdet 2.x forward_dummy: backbone + neck + RPN head, box heads on '
                f'{NUM_PROPOSALS} proposals, mask heads on the first {NUM_MASK_ROIS}')
@@ -209,35 +198,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='input height and width (default: 800 1280 for mmdet configs, '
                         '512 2048 for mmseg configs)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                        help='override config settings')
+    cli.add_config_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of ``tools/get_flops.py``."""
     args = parse_args(argv)
-    if not osp.isfile(args.config):
-        sys.stderr.write(f'get_flops.py: error: config file not found: {args.config}\n')
-        sys.exit(2)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = cli.read_config(args.config, args.cfg_options)
     scope = cfg.get('default_scope')
     if scope not in DEFAULT_SHAPES:
-        sys.stderr.write(f'get_flops.py: error: default_scope {scope!r} of {args.config} is not '
-                         f'one of {tuple(DEFAULT_SHAPES)}\n')
-        sys.exit(2)
+        cli.fail(f'default_scope {scope!r} of {args.config} is not one of '
+                 f'{tuple(DEFAULT_SHAPES)}')
     shape = tuple(args.shape) if args.shape else DEFAULT_SHAPES[scope]
     if min(shape) < 32:
-        sys.stderr.write(f'get_flops.py: error: --shape {shape[0]} {shape[1]} is too small '
-                         '(at least 32 x 32)\n')
-        sys.exit(2)
+        cli.fail(f'--shape {shape[0]} {shape[1]} is too small (at least 32 x 32)')
     try:
         result = count(cfg, shape)
     except UncountedOpsError as err:
-        sys.stderr.write(f'get_flops.py: error: {args.config}: {err}\n')
-        sys.exit(1)
+        cli.fail(f'{args.config}: {err}', code=1)
     print(f'Input: 1x3x{shape[0]}x{shape[1]} (H x W)')
     print(f'Forward: {result["how"]}')
     uncounted = sorted(result['uncounted'].items())

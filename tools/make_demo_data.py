@@ -345,12 +345,8 @@ def make_ade(out_dir: str, counts: Dict[str, int], size: int = 256, max_objects:
              seed: int = 0) -> Dict[str, str]:
     """Write the ADE20K-layout semantic segmentation dataset.
 
-    Args:
-        out_dir (str): Dataset root (e.g. ``data/demo_ade``).
-        counts (dict): Images per split, e.g. ``{'training': 400, 'validation': 50}``.
-        size (int): Image side in pixels (>= 32). Defaults to 256.
-        max_objects (int): Up to this many shapes per image. Defaults to 4.
-        seed (int): Dataset seed. Defaults to 0.
+    Arguments as :func:`make_coco`, except: ``out_dir`` e.g. ``data/demo_ade``; ``counts`` e.g.
+    ``{'training': 400, 'validation': 50}``; ``size`` >= 32; ``max_objects`` defaults to 4.
 
     Returns:
         dict: Split name -> its annotation directory.

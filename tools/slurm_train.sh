@@ -22,7 +22,6 @@ TOOLS=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 
 # shellcheck disable=SC2086  # SRUN_ARGS holds several options
-PYTHONPATH="$TOOLS/..${PYTHONPATH:+:$PYTHONPATH}" \
 srun -p "$PARTITION" \
     --job-name="$JOB_NAME" \
     --gres=gpu:"$GPUS_PER_NODE" \

@@ -42,8 +42,11 @@ train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
 # 3x schedule: 36 epochs, lr x0.1 after epochs 27 and 33, linear warm-up over the first 500
 # iterations from 0.001 x lr (the official Swin/ConvNeXt detection schedule).
 # Note: mmdet's own ConvNeXt port warms up over 1000 iterations; we keep the official 500.
+# The loop is mmdet's EpochBasedTrainLoop, but an interrupted run resumes inside the epoch where
+# it stopped (mmengine's restarts the epoch from its first batch).
 max_epochs = 36
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
+train_cfg = dict(type='convnext_backbone.ResumableEpochBasedTrainLoop', max_epochs=max_epochs,
+                 val_interval=1)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[27, 33],
