@@ -104,6 +104,13 @@ env_cfg = dict(dist_cfg=dict(backend='gloo'))
     return str(path)
 
 
+def build_model(config):
+    from mmengine.config import Config
+
+    from convnext_backbone.cli import build_model
+    return build_model(Config.fromfile(config))
+
+
 def run(args, timeout=300, **env):
     pythonpath = os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
     environ = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=pythonpath, **env)
@@ -166,8 +173,7 @@ def test_train_runs_on_cpu_with_fp32_fallback_and_saves_a_checkpoint(trained):
     assert 'AmpOptimWrapper needs a GPU' in log           # the T config asks for AMP
     assert re.search(r'Epoch\(train\)\s+\[1\]\[2/2\]', log), log[-2000:]
     assert re.search(r'coco/bbox_mAP: ', log)              # validation ran the COCO metric
-    assert ("runner_type = 'convnext_backbone.SafeRunner'" in log  # the config dump
-            or 'convnext_backbone.runner cannot be imported' in log)
+    assert "runner_type = 'convnext_backbone.ResumableRunner'" in log  # the config dump
 
 
 @needs_ops
@@ -223,6 +229,142 @@ def test_two_process_cpu_training_with_dist_train_sh(tiny_coco, tmp_path):
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     assert re.search(r'Epoch\(train\)\s+\[2\]\[1/1\]', log), log[-2000:]
     assert (tmp_path / 'work' / 'epoch_2.pth').is_file()
+
+
+# -- a checkpoint of our own run starts the next one ----------------------------------------------
+def _own_checkpoint(trained):
+    return trained[1] / 'epoch_1.pth'
+
+
+@needs_ops
+def test_own_checkpoint_carries_what_plain_weights_only_loading_refuses(trained):
+    from convnext_backbone.checkpoint import torch_load
+    path = _own_checkpoint(trained)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, map_location='cpu', weights_only=True)
+    ckpt = torch_load(str(path))
+    assert {'state_dict', 'optimizer', 'param_schedulers', 'message_hub', 'meta'} <= set(ckpt)
+
+
+@needs_ops
+def test_own_checkpoint_initialises_a_backbone_through_init_cfg(trained):
+    from convnext_backbone import ConvNeXt
+    from convnext_backbone.checkpoint import torch_load
+    path = _own_checkpoint(trained)
+    model = ConvNeXt('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                           prefix='backbone.'))
+    model.init_weights()
+    saved = torch_load(str(path))['state_dict']
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved['backbone.' + key]), key
+
+
+@needs_ops
+def test_own_checkpoint_fine_tunes_a_detector_with_other_classes_through_load_from(trained,
+                                                                                    tmp_path):
+    """COCO (80 classes) -> own data (3 classes): what differs stays initialised, the rest
+    loads."""
+    from convnext_backbone import cli
+    from convnext_backbone.checkpoint import torch_load
+    config, work_dir, _ = trained
+    cfg = cli.load_config(config, {'model.roi_head.bbox_head.num_classes': 3,
+                                   'model.roi_head.mask_head.num_classes': 3},
+                          work_dir=str(tmp_path / 'finetune'))
+    cfg.load_from = str(_own_checkpoint(trained))
+    runner = cli.build_runner(cfg)
+    runner.load_or_resume()
+    saved = torch_load(cfg.load_from)['state_dict']
+    state = runner.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items() if k.startswith('backbone.'))
+    assert torch.equal(state['neck.fpn_convs.0.conv.weight'], saved['neck.fpn_convs.0.conv.weight'])
+    assert state['roi_head.bbox_head.fc_cls.weight'].shape[0] == 4  # 3 classes + background
+
+
+@needs_ops
+def test_own_checkpoint_converts_to_a_backbone_checkpoint(trained, tmp_path):
+    out = tmp_path / 'backbone.pth'
+    proc = check(tool('convert_checkpoint.py', _own_checkpoint(trained), out))
+    assert 'layout: official detection/segmentation' in proc.stdout
+    state = torch.load(out, map_location='cpu', weights_only=True)['state_dict']
+    assert 'stages.2.8.pwconv2.weight' in state and not any(k.startswith('neck') for k in state)
+
+
+@needs_ops
+def test_own_checkpoint_runs_through_infer(trained, tiny_coco, tmp_path):
+    config = trained[0]
+    check(tool('infer.py', config, _own_checkpoint(trained), os.path.join(tiny_coco, 'val'),
+               '--out', tmp_path / 'out', '--score-thr', 0))
+    entries = json.loads((tmp_path / 'out' / 'predictions.json').read_text())
+    assert [os.path.basename(e['image']) for e in entries] == ['0000.png', '0001.png']
+    assert all(inst['class'] in ('person', 'car') or inst['class']
+               for e in entries for inst in e['instances'])
+
+
+class RunsCode:
+    """Unpickles as ``os.system('touch MARKER')``: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+@pytest.fixture(scope='module')
+def poisoned(trained, tmp_path_factory):
+    """Our own checkpoint with a code-running object in its meta; returns (file, marker)."""
+    from convnext_backbone.checkpoint import torch_load
+    folder = tmp_path_factory.mktemp('poisoned')
+    ckpt = torch_load(str(_own_checkpoint(trained)))
+    marker = folder / 'code-ran'
+    ckpt['meta']['note'] = RunsCode(marker)
+    torch.save(ckpt, folder / 'poisoned.pth')
+    return folder / 'poisoned.pth', marker
+
+
+def test_the_payload_runs_its_code_when_fully_unpickled(tmp_path):
+    """The control for the test below: the payload is live."""
+    marker = tmp_path / 'code-ran'
+    torch.save({'meta': {'note': RunsCode(marker)}}, tmp_path / 'poisoned.pth')
+    torch.load(tmp_path / 'poisoned.pth', map_location='cpu', weights_only=False)
+    assert marker.exists()
+
+
+@needs_ops
+@pytest.mark.parametrize('entry', ['init_cfg', 'load_from', 'convert_checkpoint.py',
+                                   'convert_mmdet2_checkpoint.py', 'test.py', 'infer.py'])
+def test_checkpoint_with_a_type_outside_the_allowlist_is_refused_without_running_it(
+        trained, tiny_coco, poisoned, tmp_path, entry):
+    from convnext_backbone import ConvNeXt, cli
+    from convnext_backbone.checkpoint import CheckpointError
+    config = trained[0]
+    path, marker = poisoned
+    if entry == 'init_cfg':
+        model = ConvNeXt('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                               prefix='backbone.'))
+        with pytest.raises(CheckpointError) as err:
+            model.init_weights()
+        message = str(err.value)
+    elif entry == 'load_from':
+        cfg = cli.load_config(config, work_dir=str(tmp_path / 'work'))
+        cfg.load_from = str(path)
+        with pytest.raises(CheckpointError) as err:
+            cli.build_runner(cfg).load_or_resume()
+        message = str(err.value)
+    else:
+        args = {'convert_checkpoint.py': [path, tmp_path / 'out.pth'],
+                'convert_mmdet2_checkpoint.py': [config, path, tmp_path / 'out.pth'],
+                'test.py': [config, path, '--work-dir', tmp_path / 'work'],
+                'infer.py': [config, path, os.path.join(tiny_coco, 'val'), '--out',
+                             tmp_path / 'out']}[entry]
+        proc = tool(entry, *args)
+        assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+        message = proc.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / 'out.pth').exists()
+    assert '\n' not in message and len(message) < 600, message
+    assert f'checkpoint {path} holds an object of type posix.system' in message, message
+    assert 'if you trust the file' in message.lower()
+    assert not marker.exists()
 
 
 # -- the same tools on an mmseg config ------------------------------------------------------------
@@ -373,7 +515,7 @@ def test_mmdet2_checkpoint_converts_and_loads_strictly(config, mmpretrain_backbo
     if not os.path.isfile(config):
         pytest.skip(f'{config} not written yet')
     sys.path.insert(0, TOOLS)
-    from convert_mmdet2_checkpoint import build_model, main
+    from convert_mmdet2_checkpoint import main
     model = build_model(config)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     src = tmp_path / 'mmdet2.pth'
@@ -400,7 +542,7 @@ def test_mmdet2_checkpoint_converts_and_loads_strictly(config, mmpretrain_backbo
 @needs_ops
 def test_mmdet2_checkpoint_of_another_architecture_is_refused(tmp_path):
     sys.path.insert(0, TOOLS)
-    from convert_mmdet2_checkpoint import build_model, main
+    from convert_mmdet2_checkpoint import main
     state = build_model(MASK_RCNN_T).state_dict()
     src = tmp_path / 'mask_rcnn.pth'
     torch.save(_mmdet2_checkpoint(state), src)
