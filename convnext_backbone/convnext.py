@@ -38,6 +38,12 @@ class GRN(nn.Module):
 
     Args:
         dim (int): Number of channels.
+
+    Note:
+        The spatial L2 norm is computed in float32 whatever the input's dtype: in fp16 the sum of
+        squares of large activations overflows to inf (facebookresearch/ConvNeXt-V2#64), and
+        under bf16 it loses precision. The output keeps the input's dtype. In float32 this is
+        the official computation.
     """
 
     def __init__(self, dim: int) -> None:
@@ -47,10 +53,12 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gx = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)  # (N, 1, 1, C)
+        gx = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True,
+                                      dtype=torch.float32)           # (N, 1, 1, C), float32
         nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
         # gamma * (x * nx) + beta + x in one pass over x: beta + x * (gamma * nx + 1).
-        return torch.addcmul(self.beta, x, torch.addcmul(torch.ones_like(nx), self.gamma, nx))
+        scale = torch.addcmul(torch.ones_like(nx), self.gamma.float(), nx).to(x.dtype)
+        return torch.addcmul(self.beta.to(x.dtype), x, scale)
 
 
 class Block(nn.Module):

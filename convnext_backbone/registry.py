@@ -3,7 +3,8 @@
 A config in any OpenMMLab scope (``default_scope='mmdet'`` or ``'mmseg'``) names our modules with
 the ``convnext_backbone.`` prefix, e.g. ``type='convnext_backbone.ConvNeXt'``: mmengine imports
 ``convnext_backbone.registry`` on seeing the prefix, finds these child registries under its roots
-and imports their ``locations``, which register the classes. No ``custom_imports`` is needed.
+and imports their ``locations``, which register the classes (``convnext_backbone.engine`` imports
+every engine module). No ``custom_imports`` is needed.
 """
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
@@ -21,10 +22,10 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     'optimizer wrapper constructor', parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS, scope=SCOPE,
     locations=['convnext_backbone.layer_decay'])
 RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope=SCOPE,
-                   locations=['convnext_backbone.engine.runner'])
+                   locations=['convnext_backbone.engine'])
 LOOPS = Registry('loop', parent=MMENGINE_LOOPS, scope=SCOPE,
-                 locations=['convnext_backbone.engine.loops'])
+                 locations=['convnext_backbone.engine'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope=SCOPE,
-                 locations=['convnext_backbone.engine.hooks'])
+                 locations=['convnext_backbone.engine'])
 MODEL_WRAPPERS = Registry('model_wrapper', parent=MMENGINE_MODEL_WRAPPERS, scope=SCOPE,
-                          locations=['convnext_backbone.engine.dist'])
+                          locations=['convnext_backbone.engine'])

@@ -174,3 +174,28 @@ def test_outputs_are_contiguous_nchw_as_mmcv_ops_expect():
 def test_in_channels_other_than_three():
     outs = ConvNeXt(SMALL, in_channels=1)(torch.randn(1, 1, 64, 64))
     assert outs[0].shape == (1, 8, 16, 16)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_grn_stays_finite_on_large_low_precision_activations(dtype):
+    """ConvNeXt-V2#64: the squared sum of large fp16 activations overflows."""
+    from convnext_backbone.convnext import GRN
+    grn = GRN(8)
+    with torch.no_grad():
+        grn.gamma.normal_()
+        grn.beta.normal_()
+    # fp16 holds these values, but not their spatial norm (2000 * 64 > 65504)
+    x = torch.full((2, 64, 64, 8), 2000.) * torch.linspace(0.5, 1.5, 8)
+    if dtype == torch.float16:  # the bug: the norm of the official GRN overflows
+        assert not torch.isfinite(torch.linalg.vector_norm(x.half(), dim=(1, 2))).all()
+    out = grn(x.to(dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), grn(x), rtol=2e-2, atol=1.)
+
+
+def test_v2_backbone_under_autocast_keeps_large_inputs_finite():
+    model = ConvNeXt(dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), use_grn=True)).eval()
+    x = torch.randn(1, 3, 64, 64) * 1000
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(x)
+    assert all(torch.isfinite(o).all() for o in outs)

@@ -122,7 +122,9 @@ def check_config(dataset: Dict[str, Any], where: str) -> None:
             kind = _PREFIX_KIND.get(key, 'folder')
             if not osp.isdir(folder):
                 raise DatasetError(f'{kind} not found: {folder} ({leaf_where}.data_prefix.{key})')
-            if not os.listdir(folder):
+            with os.scandir(folder) as entries:  # one entry is enough: no full listing
+                empty = next(entries, None) is None
+            if empty:
                 raise DatasetError(f'{kind} {folder} is empty ({leaf_where}.data_prefix.{key})')
 
 
