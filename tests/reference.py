@@ -74,12 +74,34 @@ class RefConvNeXt(nn.Module):
         for i in range(4):
             self.add_module(f'norm{i}', RefLayerNorm(dims[i]))
 
-    def forward(self, x):
-        outs = []
+    def stage_maps(self, x):
+        """The four stage outputs before their norms."""
+        maps = []
         for i in range(4):
             x = self.stages[i](self.downsample_layers[i](x))
-            outs.append(getattr(self, f'norm{i}')(x))
-        return outs
+            maps.append(x)
+        return maps
+
+    def forward(self, x):
+        return [getattr(self, f'norm{i}')(m) for i, m in enumerate(self.stage_maps(x))]
+
+
+def dinov3_patch_tokens(model, final_norm, x):
+    """DINOv3's normalised patch tokens (``x_norm_patchtokens`` of ``forward_features`` in
+    dinov3/models/convnext.py, no patch_size resizing): the last stage map as (N, H*W, C) tokens,
+    its spatial mean put in front as a class token, one LayerNorm (eps 1e-6) over every token,
+    the class token dropped.
+
+    Args:
+        model (RefConvNeXt): Supplies the stages.
+        final_norm (tuple): DINOv3's final norm (weight, bias).
+        x (Tensor): Images (N, 3, H, W).
+    """
+    last = model.stage_maps(x)[-1]
+    tokens = last.flatten(2).transpose(1, 2)
+    tokens = torch.cat([last.mean((2, 3))[:, None], tokens], dim=1)
+    weight, bias = final_norm
+    return nn.functional.layer_norm(tokens, weight.shape, weight, bias, 1e-6)[:, 1:]
 
 
 def randomise_(model, seed=0):

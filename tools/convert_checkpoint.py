@@ -4,9 +4,11 @@ Usage:
     python tools/convert_checkpoint.py IN OUT
 
 IN may be an official classification or detection/segmentation checkpoint, an mmpretrain, timm
-(.pth or .safetensors) or HF transformers file, a checkpoint written by our tools/train.py, or a
-URL. OUT holds ``{'state_dict': backbone weights}`` with plain tensors only, so it loads with
-``torch.load(weights_only=True)``.
+(.pth or .safetensors) or HF transformers file, a DINOv3 ConvNeXt file (raw .pth, or HF
+transformers .safetensors / .bin), a ConvNeXt-V2 FCMAE pre-training file (pt_only/*.pt), a
+checkpoint written by our tools/train.py, or a URL. OUT holds ``{'state_dict': backbone weights}``
+with plain tensors only, so it loads with ``torch.load(weights_only=True)``. DINOv3's final norm
+is kept as ``norm3``; FCMAE's sparse-conv kernels are written as dense conv weights.
 """
 import argparse
 import os
@@ -32,6 +34,8 @@ def main(argv=None) -> int:
     torch.save({'state_dict': converted.state_dict}, args.dst)
     print(f'{args.src} (layout: {converted.layout}): wrote {len(converted.state_dict)} tensors '
           f'to {args.dst}; left out {len(converted.unused)} keys outside the backbone')
+    if converted.note:
+        print(f'{converted.layout}: {converted.note}')
     return 0
 
 

@@ -11,8 +11,11 @@ Note:
     The classifier's final LayerNorm (official ``norm``, timm ``head.norm``, HF ``layernorm``,
     mmpretrain classification ``norm3``) normalises pooled features, not a feature map. As in the
     official detection/segmentation code, it is not loaded: ``norm3`` starts from weight 1,
-    bias 0.
+    bias 0. DINOv3's final norm is different: ``dinov3/models/convnext.py`` applies it to every
+    spatial patch token (and to the pooled token beside them), so it is a feature-map norm and
+    becomes our ``norm3``.
 """
+import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,6 +32,9 @@ OFFICIAL_DENSE = 'official detection/segmentation (or convnext_backbone)'
 MMPRETRAIN = 'mmpretrain'
 TIMM = 'timm'
 HF = 'HF transformers'
+DINOV3 = 'DINOv3'
+DINOV3_HF = 'DINOv3 HF transformers'
+FCMAE = 'ConvNeXt-V2 FCMAE pre-training'
 
 _BLOCK = r'stages\.(\d)\.(\d+)\.'
 # One ordered (pattern, replacement) table per layout, first match wins. The tables are data
@@ -58,11 +64,41 @@ _RULES: Dict[str, Tuple[Tuple[str, str], ...]] = {
         (r'^encoder\.stages\.(\d)\.layers\.(\d+)\.grn\.bias$', r'stages.\1.\2.grn.beta'),
         (r'^encoder\.stages\.(\d)\.layers\.(\d+)\.', r'stages.\1.\2.'),
     ),
+    # dinov3/models/convnext.py: official names; 'norms.3' is the module 'norm' again
+    # (norms.0..2 are Identity), so both keys hold the same tensors.
+    DINOV3: (
+        (r'^norms\.3\.', 'norm3.'),
+        (r'^norm\.', 'norm3.'),
+    ),
+    # transformers' convert_dinov3_convnext_to_hf.py, inverted; 'layer_norm' is the final norm.
+    DINOV3_HF: (
+        (r'^stages\.(\d)\.downsample_layers\.(\d)\.', r'downsample_layers.\1.\2.'),
+        (r'^stages\.(\d)\.layers\.(\d+)\.depthwise_conv\.', r'stages.\1.\2.dwconv.'),
+        (r'^stages\.(\d)\.layers\.(\d+)\.layer_norm\.', r'stages.\1.\2.norm.'),
+        (r'^stages\.(\d)\.layers\.(\d+)\.pointwise_conv(\d)\.', r'stages.\1.\2.pwconv\3.'),
+        (r'^stages\.(\d)\.layers\.(\d+)\.', r'stages.\1.\2.'),
+        (r'^layer_norm\.', 'norm3.'),
+    ),
+    # ConvNeXt-V2 models/convnextv2_sparse.py: MinkowskiEngine wrappers keep their torch module
+    # as '.ln' / '.linear' and their conv weight as '.kernel' (reshaped in _native_shape).
+    FCMAE: (
+        (r'\.(ln|linear)\.', '.'),
+        (r'\.kernel$', '.weight'),
+    ),
 }
 # Keys of the backbone proper, once renamed; anything else (heads, necks, the classifier's final
 # norm) is reported as unused.
 _NATIVE = re.compile(r'^(downsample_layers\.\d\.\d\.|stages\.\d\.\d+\.|norm\d\.)')
 OUTPUT_NORM = re.compile(r'^norm\d\.')
+# One line per layout whose loading differs from the classification checkpoints'.
+_NOTES = {
+    DINOV3: "norm3 is DINOv3's final norm ('norm', stored again as 'norms.3'), which DINOv3 "
+            'applies to the spatial patch tokens; DINOv3 has no norm after stages 0-2',
+    DINOV3_HF: "norm3 is DINOv3's final 'layer_norm', which DINOv3 applies to the spatial patch "
+               'tokens; DINOv3 has no norm after stages 0-2',
+    FCMAE: 'the FCMAE encoder has no output norms; its sparse-conv kernels were reshaped to dense '
+           'convs, and the decoder, mask_token, proj and pred are pre-training only',
+}
 _WRAPPERS = ('state_dict', 'model', 'model_ema', 'module')
 _DDP_PREFIX = 'module.'
 
@@ -79,6 +115,11 @@ class Converted:
     state_dict: 'OrderedDict[str, torch.Tensor]'
     layout: str
     unused: List[str] = field(default_factory=list)
+
+    @property
+    def note(self) -> str:
+        """What sets this layout apart, for the log (e.g. where ``norm3`` comes from), or ''."""
+        return _NOTES.get(self.layout, '')
 
 
 def unwrap_state_dict(checkpoint: Any) -> 'OrderedDict[str, torch.Tensor]':
@@ -116,25 +157,33 @@ def select_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, t
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """All entries, ``prefix`` removed where present: the rest is kept to be reported unused."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
 def convert_state_dict(checkpoint: Mapping[str, Any]) -> Converted:
     """Detect the layout of a loaded checkpoint and rename its backbone weights to ours.
 
     Args:
         checkpoint (Mapping): What ``torch.load`` returned: ``{'model': ...}`` (official
-            classification), ``{'state_dict': ...}`` (official dense, mmpretrain, mmdet/mmseg,
-            ours) or a plain state dict (timm, HF transformers).
+            classification, FCMAE pre-training), ``{'state_dict': ...}`` (official dense,
+            mmpretrain, mmdet/mmseg, ours) or a plain state dict (timm, HF transformers, DINOv3).
 
     Returns:
         Converted: weights, layout name and unused keys.
 
     Raises:
-        CheckpointError: When no ConvNeXt layout matches.
+        CheckpointError: When no ConvNeXt layout matches, or two keys of the file that name the
+            same weight hold different values.
     """
     layout, state = _detect(unwrap_state_dict(checkpoint))
     classifier_norm = layout == MMPRETRAIN and 'head.fc.weight' in state
     renamed: OrderedDict[str, torch.Tensor] = OrderedDict()
+    sources: Dict[str, str] = {}
     unused = []
-    for key, value in state.items():
+    for original, value in state.items():
+        key = original
         for pattern, repl in _RULES.get(layout, ()):
             new_key, hits = re.subn(pattern, repl, key)
             if hits:
@@ -145,7 +194,13 @@ def convert_state_dict(checkpoint: Mapping[str, Any]) -> Converted:
         if not _NATIVE.match(key) or (classifier_norm and OUTPUT_NORM.match(key)):
             unused.append(key)
             continue
-        renamed[key] = _native_shape(key, value)
+        value = _native_shape(key, value)
+        if key in renamed:  # DINOv3 stores its final norm twice ('norm' and 'norms.3')
+            if renamed[key] is not value and not torch.equal(renamed[key], value):
+                raise CheckpointError(f'{layout} checkpoint: {sources[key]!r} and {original!r} '
+                                      f'both map to {key!r} but hold different values')
+            continue
+        renamed[key], sources[key] = value, original
     return Converted(renamed, layout, unused)
 
 
@@ -153,23 +208,29 @@ def _detect(state: Dict[str, torch.Tensor]) -> Tuple[str, Dict[str, torch.Tensor
     keys = list(state)
     for prefix in ('convnext.', 'convnextv2.'):
         if any(k.startswith(prefix + 'embeddings.') for k in keys):
-            return HF, {k[len(prefix):] if k.startswith(prefix) else k: v
-                        for k, v in state.items()}
+            return HF, _strip_prefix(state, prefix)
     if 'stem.0.weight' in state:
         return TIMM, state
+    # DINOv3 HF: what save_pretrained writes, or the 'model.'-prefixed in-memory state dict
+    # of transformers >= 5.
+    for prefix in ('', 'model.'):
+        if prefix + 'stages.0.downsample_layers.0.weight' in state:
+            return DINOV3_HF, _strip_prefix(state, prefix)
+    if 'encoder.downsample_layers.0.0.weight' in state:
+        return FCMAE, _strip_prefix(state, 'encoder.')
     has_prefix = any(k.startswith('backbone.downsample_layers.') for k in keys)
     if has_prefix:
-        inner = select_prefix(state, 'backbone.')
-        # the rest is kept only so that it is reported as unused
-        inner.update((k, v) for k, v in state.items() if not k.startswith('backbone.'))
-        state = inner
+        state = _strip_prefix(state, 'backbone.')
     elif 'downsample_layers.0.0.weight' not in state:
         raise CheckpointError('no ConvNeXt layout matches: expected keys such as '
-                              "'downsample_layers.0.0.weight' (official, mmpretrain), "
-                              "'stem.0.weight' (timm) or 'convnext.embeddings.*' (HF); "
-                              f'first keys are {keys[:3]}')
+                              "'downsample_layers.0.0.weight' (official, mmpretrain, DINOv3), "
+                              "'stem.0.weight' (timm), 'convnext.embeddings.*' (HF), "
+                              "'stages.0.downsample_layers.0.weight' (DINOv3 HF) or "
+                              f"'encoder.downsample_layers.*' (FCMAE); first keys are {keys[:3]}")
     if any('.depthwise_conv.' in k for k in state):
         return MMPRETRAIN, state
+    if not has_prefix and 'norms.3.weight' in state:
+        return DINOV3, state
     if not has_prefix and ('norm.weight' in state or any(k.startswith('head.') for k in state)):
         return OFFICIAL_CLS, state
     return OFFICIAL_DENSE, state
@@ -178,9 +239,29 @@ def _detect(state: Dict[str, torch.Tensor]) -> Tuple[str, Dict[str, torch.Tensor
 def _native_shape(key: str, value: torch.Tensor) -> torch.Tensor:
     if re.search(r'pwconv\d\.weight$', key) and value.dim() == 4:   # timm conv-MLP, (O, I, 1, 1)
         return value.flatten(1)
-    if re.search(r'grn\.(gamma|beta)$', key) and value.dim() == 1:  # timm / mmpretrain, (C,)
-        return value.view(1, 1, 1, -1)
+    if re.search(r'grn\.(gamma|beta)$', key) and value.dim() != 4:  # timm, mmpretrain (C,); FCMAE
+        return value.reshape(1, 1, 1, -1)                              # (1, C)
+    if re.search(r'(dwconv|downsample_layers\.\d\.\d)\.weight$', key) and value.dim() in (2, 3):
+        return _dense_kernel(key, value)                               # FCMAE sparse kernels
+    if key.endswith('.bias') and value.dim() == 2:                     # FCMAE (1, C)
+        return value.reshape(-1)
     return value
+
+
+def _dense_kernel(key: str, kernel: torch.Tensor) -> torch.Tensor:
+    """A MinkowskiEngine kernel as a torch conv weight.
+
+    (k*k, in, out) becomes (out, in, k, k) and a depthwise (k*k, C) becomes (C, 1, k, k). Kernel
+    offset ``w * k + h`` holds weight ``[..., h, w]``: the reordering of ConvNeXt-V2's
+    ``remap_checkpoint_keys`` (utils.py), which fine-tunes FCMAE weights in dense models.
+    """
+    if kernel.dim() == 2:
+        kernel = kernel.unsqueeze(1)
+    area, c_in, c_out = kernel.shape
+    size = math.isqrt(area)
+    if size * size != area:
+        raise CheckpointError(f'{key}: a sparse kernel of {area} offsets is not a square k*k')
+    return kernel.permute(2, 1, 0).reshape(c_out, c_in, size, size).transpose(2, 3).contiguous()
 
 
 def describe_arch(state_dict: Mapping[str, torch.Tensor]) -> str:

@@ -150,10 +150,13 @@ def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = N
 
     log(f'Loaded {len(converted.state_dict) - len(unused_norms)} ConvNeXt weights from {path} '
         f'(layout: {converted.layout}).')
+    if converted.note:
+        log(f'{converted.layout}: {converted.note}.')
     if absent_norms:
         names = sorted({k.split('.')[0] for k in absent_norms})
         log(f'Not in the checkpoint, kept at their initial values (weight 1, bias 0): '
-            f'{", ".join(names)}. This is expected for classification checkpoints.')
+            f'{", ".join(names)}.'
+            + ('' if converted.note else ' This is expected for classification checkpoints.'))
     skipped = converted.unused + unused_norms
     if skipped:
         heads = sorted({k.split('.')[0] for k in skipped})
