@@ -10,10 +10,12 @@ Note:
     runs on a channels-last view, LayerNorm and the pointwise Linear layers work on the last
     dimension, so no block copies its input between layouts. The official code permutes twice per
     block. Only the emitted outputs are copied once to NCHW memory, as mmcv's ops expect. On the
-    CPU the pointwise layers run as oneDNN products with the bias (and, for inference, the GELU)
-    computed inside them (``ops.py``); layer scale, drop path and the residual add are one pass.
-    :meth:`ConvNeXt.fuse` folds layer scale into pwconv2 for inference and lets the product add
-    the residual too. Numerics are the official ones up to float rounding (README: Performance).
+    CPU the block's MLP and its tail (layer scale, residual add) run by whichever of the plain
+    ops, oneDNN products with the bias and GELU inside, or a cache-blocked MLP is fastest on the
+    machine, decided once per process and shape class (``ops.py``, ``tuning.py``).
+    :meth:`ConvNeXt.fuse` folds layer scale into pwconv2 for inference. Numerics are the
+    official ones up to float rounding (docs/performance.md). bf16 autocast on a CPU without
+    native bf16 warns once (``machine.py``).
 """
 from typing import Optional, Sequence, Set, Tuple, Union
 
@@ -22,7 +24,7 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import ops
+from . import machine, ops
 from .archs import ARCH_SETTINGS, resolve_arch
 from .checkpoint import load_pretrained
 from .layer_decay import check_decay_type
@@ -92,30 +94,27 @@ class Block(nn.Module):
         # A channels-last view of x: the conv reads and writes NHWC memory, no copy.
         x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)    # (N, H, W, C)
         x = self.norm(x)
-        if self._fused():
-            x = ops.linear_gelu(x, self.pwconv1.weight, self.pwconv1.bias)  # (N, H, W, 4C)
-            if self.grn is not None:
-                x = self.grn(x)
-            # Layer scale is folded into pwconv2 (gamma holds 1): the product adds the residual
-            # itself, unless drop path or autocast's float32 gamma needs the plain tail below.
-            if (not (self.training and self.drop_path > 0)
-                    and (self.gamma is None or self.gamma.dtype == shortcut.dtype)):
-                return ops.linear_add(x, self.pwconv2.weight, self.pwconv2.bias, shortcut)
-            x, scale = ops.linear(x, self.pwconv2.weight, self.pwconv2.bias), self.gamma
-        elif self.grn is None:
-            # Linear 4x -> GELU -> Linear with oneDNN products (see ops.mlp).
-            x = ops.mlp(x, self.pwconv1.weight, self.pwconv1.bias,
-                        self.pwconv2.weight, self.pwconv2.bias)        # (N, H, W, C)
-            scale = self.gamma
+        weights = (self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias)
+        if not (self.training and self.drop_path > 0):
+            # Layer scale folded into pwconv2 by fuse() (gamma holds 1), unless a gradient needs
+            # gamma or autocast needs its float32 to keep the residual stream in float32.
+            folded = self._fused() and (self.gamma is None or not (
+                (torch.is_grad_enabled() and self.gamma.requires_grad)
+                or torch.is_autocast_enabled(shortcut.device.type)))
+            grn_params = tuple(self.grn.parameters()) if self.grn is not None else ()
+            # shortcut + gamma * pwconv2(grn(gelu(pwconv1(x)))), by the fastest way on this CPU
+            # (plain ops, oneDNN products, cache-blocked: see ops.residual_mlp).
+            return ops.residual_mlp(x, *weights, shortcut, None if folded else self.gamma,
+                                    mid=self.grn, mid_params=grn_params)
+        if self.grn is None:
+            x = ops.mlp(x, *weights)                                   # (N, H, W, C)
         else:
-            x = self.grn(self.act(self.pwconv1(x)))                   # (N, H, W, 4C)
-            x, scale = self.pwconv2(x), self.gamma                    # (N, H, W, C)
-        if self.training and self.drop_path > 0:
-            keep = 1 - self.drop_path
-            mask = shortcut.new_empty(x.shape[0], 1, 1, 1).bernoulli_(keep).div_(keep)
-            scale = mask if scale is None else scale * mask           # (N, 1, 1, C)
+            x = self.pwconv2(self.grn(self.act(self.pwconv1(x))))     # (N, H, W, C)
+        keep = 1 - self.drop_path
+        mask = shortcut.new_empty(x.shape[0], 1, 1, 1).bernoulli_(keep).div_(keep)
+        scale = mask if self.gamma is None else self.gamma * mask     # (N, 1, 1, C)
         # Layer scale, drop path and the residual add in one pass: shortcut + x * scale.
-        return shortcut + x if scale is None else torch.addcmul(shortcut, x, scale)
+        return torch.addcmul(shortcut, x, scale)
 
     def fuse(self) -> None:
         """Fold layer scale into pwconv2 (gamma becomes 1) and switch to fused kernels."""
@@ -134,8 +133,7 @@ class Block(nn.Module):
         # Fused only while the folded parameters are untouched: loading a state dict or an
         # optimizer step after fuse() bumps their versions and brings back the plain path,
         # which applies whatever gamma holds.
-        return (self._fused_versions is not None and not torch.compiler.is_compiling()
-                and not torch.jit.is_tracing()
+        return (self._fused_versions is not None and not ops.plain_only()
                 and self._fused_versions == self._versions())
 
 
@@ -228,6 +226,10 @@ class ConvNeXt(BaseModule):
         if min(x.shape[-2:]) < 32:
             raise ValueError(f'input {x.shape[-2]}x{x.shape[-1]} is too small: ConvNeXt '
                              'downsamples by 32, so H and W must be at least 32')
+        if (not ops.plain_only() and x.device.type == 'cpu'
+                and torch.bfloat16 in (x.dtype, torch.get_autocast_dtype('cpu')
+                                       if torch.is_autocast_enabled('cpu') else None)):
+            machine.warn_bf16_without_native_support()  # once per process, where bf16 is slow
         outs = []
         for i in range(4):
             if i == 0:

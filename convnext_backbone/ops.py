@@ -1,23 +1,43 @@
-"""oneDNN kernels for the ConvNeXt block's pointwise layers, with plain PyTorch fallbacks.
+"""The ConvNeXt block's pointwise MLP on the CPU: oneDNN kernels, cache blocking, plain fallbacks.
 
 oneDNN (``torch.ops.mkldnn._linear_pointwise``, a private op that PyTorch's own inductor uses on
 CPU) computes a Linear layer with its bias and a following GELU, or a following residual add, inside
 the matrix product: no separate pass writes the bias into the output first, none reads it back for
-the GELU or the add. We detect the op once (it exists, runs, and agrees with the plain ops on a tiny
-input) and otherwise fall back to the plain ops, which give the same results.
+the GELU or the add. We detect the op once per dtype (it exists, runs, and agrees with the plain
+ops on a tiny input).
 
-The fused ops have no autograd formula: ``linear``, ``linear_gelu`` and ``linear_add`` use them only
-when no gradient is needed (``torch.no_grad()``, or nothing requires grad), on CPU, outside
-``torch.compile`` (inductor does its own fusion), and fall back to the autograd-correct plain ops
-otherwise. ``mlp`` also covers training: its autograd function runs the forward products in oneDNN
-and writes the backward with the same formulas autograd would use.
+Cache blocking: the block's MLP ``fc2(gelu(fc1(x)))`` makes an (M, 4C) hidden tensor; at stage 0
+of a detection image (M = 60,800 rows) it is 93 MB and goes to DRAM and back, so the products run
+at half the machine's GEMM rate. Computed over blocks of rows sized so that the hidden block stays
+in the L2 caches of the threads (:func:`block_rows`), the hidden tensor never leaves the cache; the
+residual tail (layer scale, add) is done on each block while it is in cache too.
+
+Every fast path is a *candidate*: which one runs (plain PyTorch ops, oneDNN, oneDNN with the
+residual add fused, cache-blocked) is decided once per process and shape
+class by timing them on this machine (``convnext_backbone.tuning``), so none is ever kept where it
+is slower than the plain ops. Under tracing, ``torch.compile`` or ONNX export only the plain ops
+run (:func:`plain_only`).
 """
 import functools
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['linear', 'linear_add', 'linear_gelu', 'mkldnn_linear_available', 'mlp']
+from . import machine, tuning
+
+__all__ = ['block_rows', 'blocked_mlp', 'blocked_residual_mlp', 'linear', 'linear_add',
+           'linear_gelu', 'mkldnn_linear_available', 'mlp', 'plain_only', 'residual_mlp']
+
+Candidates = List[Tuple[str, Callable[[], object]]]
+
+
+def plain_only() -> bool:
+    """Whether only plain PyTorch ops may run: under ``torch.jit`` tracing (e.g. FLOP counters),
+    ``torch.compile`` (inductor fuses on its own), ``torch.export`` or ONNX export (no private
+    ops in the graph)."""
+    return (torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,13 +80,13 @@ def mkldnn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
         return False
 
 
-def _fused_dtype(x: torch.Tensor, *params: torch.Tensor):
-    """The compute dtype if oneDNN may run this Linear, else None."""
-    if (x.device.type != 'cpu' or x.dtype == torch.float64 or torch.compiler.is_compiling()
-            or torch.jit.is_tracing()):
-        # (autocast leaves float64 alone; tracers, e.g. FLOP counters, must see plain ops)
+def _fused_dtype(x: torch.Tensor, *params: Optional[torch.Tensor]) -> Optional[torch.dtype]:
+    """The compute dtype if oneDNN may run these inputs without autograd, else None."""
+    if x.device.type != 'cpu' or x.dtype == torch.float64 or plain_only():
+        # (autocast leaves float64 alone)
         return None
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+    tensors = [t for t in (x, *params) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
     dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
     return dtype if mkldnn_linear_available(dtype) else None
@@ -130,6 +150,125 @@ def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         x.to(dtype), other, weight.to(dtype), bias.to(dtype), 'add')
 
 
+def block_rows(hidden: int, itemsize: int, threads: Optional[int] = None) -> int:
+    """Rows per block of the blocked MLP: the (rows, hidden) block fills the L2 caches of the
+    threads that compute it (their sum, read from the machine; 1 MiB per thread if unknown).
+
+    Args:
+        hidden (int): Width of the hidden layer (4C).
+        itemsize (int): Bytes per element of the compute dtype.
+        threads (int, optional): Threads computing a block. Defaults to torch's thread count.
+
+    Returns:
+        int: A multiple of 64, at least 64.
+    """
+    threads = threads or torch.get_num_threads()
+    l2 = machine.cache_bytes(2) or 2**20
+    return max(64, l2 * threads // (hidden * itemsize) // 64 * 64)
+
+
+def _tail(shortcut: torch.Tensor, y: torch.Tensor, scale: Optional[torch.Tensor],
+          out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``shortcut + y * scale`` (``scale`` None: 1) in one pass."""
+    if scale is None:
+        return torch.add(shortcut, y, out=out)
+    return torch.addcmul(shortcut, y, scale, out=out)
+
+
+def blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                         b2: torch.Tensor, shortcut: torch.Tensor, scale: Optional[torch.Tensor],
+                         rows: int) -> torch.Tensor:
+    """Inference: ``shortcut + scale * fc2(gelu(fc1(x)))`` in blocks of ``rows`` rows, oneDNN
+    products, each block's tail computed while the block is in cache. No autograd.
+
+    Under CPU autocast the products run in the autocast dtype and the tail in the promoted dtype
+    of ``shortcut``, the product and ``scale``, as autocast makes of the plain ops.
+
+    Args:
+        x (torch.Tensor): (..., C), contiguous.
+        w1 (torch.Tensor): (4C, C). b1 (torch.Tensor): (4C,).
+        w2 (torch.Tensor): (C, 4C). b2 (torch.Tensor): (C,).
+        shortcut (torch.Tensor): (..., C), contiguous, the residual.
+        scale (torch.Tensor, optional): (C,), the layer scale; None for 1.
+        rows (int): Rows per block, >= 1.
+
+    Returns:
+        torch.Tensor: (..., C).
+    """
+    if rows < 1:
+        raise ValueError(f'rows={rows!r} must be a positive int')
+    op = torch.ops.mkldnn._linear_pointwise
+    dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
+    w1, b1, w2, b2 = (t.to(dtype) for t in (w1, b1, w2, b2))
+    x2 = x.to(dtype).reshape(-1, x.shape[-1])
+    res = shortcut.reshape(-1, shortcut.shape[-1])
+    out_dtype = torch.promote_types(shortcut.dtype, dtype)
+    if scale is not None:
+        out_dtype = torch.promote_types(out_dtype, scale.dtype)
+    out = torch.empty(res.shape, dtype=out_dtype)
+    with torch.autocast('cpu', enabled=False):
+        for i in range(0, x2.shape[0], rows):
+            hidden = op(x2[i:i + rows], w1, b1, 'gelu', [], 'none')          # (rows, 4C), cached
+            _tail(res[i:i + rows], op(hidden, w2, b2, 'none', [], ''), scale, out=out[i:i + rows])
+    return out.view(shortcut.shape)
+
+
+def residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                 b2: torch.Tensor, shortcut: torch.Tensor, scale: Optional[torch.Tensor] = None,
+                 mid: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 mid_params: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """The block's tail ``shortcut + scale * fc2(mid(gelu(fc1(x))))``, by the fastest way here.
+
+    With gradients (or on GPU, float64, tracing): :func:`mlp` and a one-pass tail, autograd
+    correct. Without: the candidate chosen for this shape class by timing (``tuning.choose``):
+    the plain ops, oneDNN products, oneDNN with the residual add in the product (``scale`` None
+    and ``shortcut`` in the compute dtype), or :func:`blocked_residual_mlp` (``mid`` None and at
+    least two blocks of :func:`block_rows` rows).
+
+    Args:
+        x (torch.Tensor): (..., C), the normed block input.
+        w1 (torch.Tensor): (4C, C). b1 (torch.Tensor): (4C,).
+        w2 (torch.Tensor): (C, 4C). b2 (torch.Tensor): (C,).
+        shortcut (torch.Tensor): (..., C), the residual.
+        scale (torch.Tensor, optional): (C,) or broadcastable, the layer scale; None for 1.
+        mid (Callable, optional): Applied to the whole hidden tensor (V2's GRN); rules out
+            blocking.
+        mid_params (Sequence[torch.Tensor]): ``mid``'s parameters (gradients disable oneDNN).
+
+    Returns:
+        torch.Tensor: (..., C).
+    """
+    params = (w1, b1, w2, b2, shortcut, scale, *mid_params)
+    dtype = _fused_dtype(x, *params)
+    if dtype is None or not (x.is_contiguous() and shortcut.is_contiguous()):
+        if mid is None:
+            y = mlp(x, w1, b1, w2, b2)
+        else:
+            y = F.linear(mid(F.gelu(F.linear(x, w1, b1))), w2, b2)
+        return _tail(shortcut, y, scale)
+    op = torch.ops.mkldnn._linear_pointwise
+    blockable, mid = mid is None, mid or (lambda h: h)
+
+    def plain() -> torch.Tensor:
+        return _tail(shortcut, F.linear(mid(F.gelu(F.linear(x, w1, b1))), w2, b2), scale)
+
+    def onednn() -> torch.Tensor:
+        return _tail(shortcut, linear(mid(linear_gelu(x, w1, b1)), w2, b2), scale)
+
+    candidates: Candidates = [('plain', plain), ('onednn', onednn)]
+    if scale is None and shortcut.dtype == dtype:
+        candidates.append(('onednn_add', lambda: op.binary(
+            mid(linear_gelu(x, w1, b1)), shortcut, w2.to(dtype), b2.to(dtype), 'add')))
+    rows = x.numel() // x.shape[-1]
+    block = block_rows(w1.shape[0], dtype.itemsize)
+    if blockable and rows >= 2 * block:
+        candidates.append((f'blocked{block}', functools.partial(
+            blocked_residual_mlp, x, w1, b1, w2, b2, shortcut, scale, block)))
+    key = ('residual_mlp', x.shape[-1], w1.shape[0], dtype, shortcut.dtype, scale is None,
+           len(mid_params), rows.bit_length(), torch.get_num_threads())
+    return tuning.choose(key, candidates)[1]
+
+
 class _MLP(torch.autograd.Function):
     """``linear(gelu(linear(x, w1, b1)), w2, b2)`` on 2-D x with oneDNN products and a hand-written
     backward: the same formulas as autograd's, but the GELU gradient is written into the buffer
@@ -158,13 +297,117 @@ class _MLP(torch.autograd.Function):
         return grad_x, torch.mm(grad_h.t(), x), grad_h.sum(0), grad_w2, grad_b2
 
 
+class _BlockedMLP(torch.autograd.Function):
+    """:class:`_MLP` over blocks of rows. Forward: each block's hidden activations are written
+    once (kept for backward), their GELU stays in cache. Backward: per block, the hidden
+    gradient lives in cache only; the weight gradients are summed over the blocks."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, rows):
+        op = torch.ops.mkldnn._linear_pointwise
+        m = x.shape[0]
+        h = torch.empty(m, w1.shape[0], dtype=x.dtype)
+        out = torch.empty(m, w2.shape[0], dtype=x.dtype)
+        for i in range(0, m, rows):
+            torch.addmm(b1, x[i:i + rows], w1.t(), out=h[i:i + rows])
+            out[i:i + rows] = op(F.gelu(h[i:i + rows]), w2, b2, 'none', [], '')
+        ctx.save_for_backward(x, w1, w2, h)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w1, w2, h = ctx.saved_tensors
+        op = torch.ops.mkldnn._linear_pointwise
+        grad = grad.contiguous()
+        w2t = w2.t().contiguous()
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        grad_b1 = torch.zeros(w1.shape[0], dtype=x.dtype)
+        for i in range(0, x.shape[0], ctx.rows):
+            g, hb = grad[i:i + ctx.rows], h[i:i + ctx.rows]
+            grad_a = op(g, w2t, None, 'none', [], '')                       # (rows, 4C)
+            grad_w2.addmm_(g.t(), F.gelu(hb))
+            grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, hb, grad_input=grad_a)
+            if grad_x is not None:
+                torch.mm(grad_h, w1, out=grad_x[i:i + ctx.rows])
+            grad_w1.addmm_(grad_h.t(), x[i:i + ctx.rows])
+            grad_b1.add_(grad_h.sum(0))
+        return grad_x, grad_w1, grad_b1, grad_w2, grad.sum(0), None
+
+
+def blocked_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                b2: torch.Tensor, rows: int) -> torch.Tensor:
+    """``fc2(gelu(fc1(x)))`` over blocks of ``rows`` rows with oneDNN products, with autograd.
+
+    Same values and gradients as the plain ops up to float rounding (the weight gradients are
+    summed block by block). Float32 CPU tensors, oneDNN available.
+
+    Args:
+        x (torch.Tensor): (..., C), contiguous.
+        w1 (torch.Tensor): (4C, C). b1 (torch.Tensor): (4C,).
+        w2 (torch.Tensor): (C, 4C). b2 (torch.Tensor): (C,).
+        rows (int): Rows per block, >= 1.
+
+    Returns:
+        torch.Tensor: (..., C).
+    """
+    if rows < 1:
+        raise ValueError(f'rows={rows!r} must be a positive int')
+    out = _BlockedMLP.apply(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2, rows)
+    return out.view(*x.shape[:-1], w2.shape[0])
+
+
+def _plain_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+               b2: torch.Tensor) -> torch.Tensor:
+    return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+
+
+def _onednn_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                b2: torch.Tensor) -> torch.Tensor:
+    return _MLP.apply(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2).view(*x.shape[:-1],
+                                                                       w2.shape[0])
+
+
+def _training_choice(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str:
+    """The training MLP to run for x's shape class: timed forward + backward on detached copies
+    the first time (the weights' gradients are not touched)."""
+    rows = x.numel() // x.shape[-1]
+    key = ('mlp_train', x.shape[-1], params[0].shape[0], x.dtype, x.requires_grad,
+           rows.bit_length(), torch.get_num_threads())
+    name = tuning.decided(key)
+    if name is not None:
+        return name
+    block = block_rows(params[0].shape[0], x.element_size())
+    fns = _training_mlps()
+    if rows >= 2 * block:
+        fns[f'blocked{block}'] = functools.partial(blocked_mlp, rows=block)
+
+    def timed(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            # Identity hooks: the probe's own graph is not seen by the saved-tensor hooks of an
+            # enclosing activation checkpoint (with_cp), whose recomputation runs no probe.
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+                inputs = [t.detach().requires_grad_(t.requires_grad) for t in (x, *params)]
+                out = fn(*inputs)
+                out.backward(torch.ones_like(out))
+        return run
+
+    return tuning.choose(key, [(n, timed(fn)) for n, fn in fns.items()])[0]
+
+
+def _training_mlps() -> dict:
+    return {'plain': _plain_mlp, 'onednn': _onednn_mlp}
+
+
 def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
         b2: torch.Tensor) -> torch.Tensor:
     """The block's ``linear(gelu(linear(x, w1, b1)), w2, b2)``, with oneDNN where it may run.
 
     Without gradients: :func:`linear_gelu` then :func:`linear`. With gradients (float32 CPU
-    tensors, no autocast, not compiling): an autograd function with oneDNN forward products.
-    Otherwise the plain ops.
+    tensors, no autocast, not tracing): the fastest of the plain ops, an autograd function with
+    oneDNN forward products and :func:`blocked_mlp`, chosen for the shape class by timing a
+    forward and backward once per process. Otherwise the plain ops.
 
     Args:
         x (torch.Tensor): (..., C), contiguous.
@@ -177,9 +420,11 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
     params = (w1, b1, w2, b2)
     if _fused_dtype(x, *params) is not None:
         return linear(linear_gelu(x, w1, b1), w2, b2)
-    if (x.device.type != 'cpu' or torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch.is_autocast_enabled('cpu')
+    if (x.device.type != 'cpu' or plain_only() or torch.is_autocast_enabled('cpu')
             or any(t.dtype != torch.float32 for t in (x, *params))
             or not mkldnn_linear_available(torch.float32) or not x.is_contiguous()):
-        return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
-    return _MLP.apply(x.reshape(-1, x.shape[-1]), *params).view(*x.shape[:-1], w2.shape[0])
+        return _plain_mlp(x, *params)
+    name = _training_choice(x, params)
+    if name.startswith('blocked'):
+        return blocked_mlp(x, *params, rows=int(name[len('blocked'):]))
+    return _training_mlps()[name](x, *params)

@@ -213,3 +213,62 @@ def test_torch_compile_training_gradients_match_eager():
     for name, p in compiled.named_parameters():
         expected = eager[name.replace('_orig_mod.', '')].grad
         assert (p.grad - expected).norm() / expected.norm() < 1e-4, name
+
+
+def _mlp_params(channels, gen, requires_grad=False):
+    shapes = ((4 * channels, channels), (4 * channels,), (channels, 4 * channels), (channels,))
+    return [torch.randn(shape, generator=gen).requires_grad_(requires_grad) for shape in shapes]
+
+
+@pytest.mark.parametrize('rows', [1, 7, 16, 1000])
+@pytest.mark.parametrize('input_grad', [True, False])
+def test_blocked_mlp_outputs_and_gradients_equal_the_plain_ops(rows, input_grad):
+    # 3 * 5 * 7 = 105 rows: blocks of 7 and 16 leave a partial last block; 1000 is one block.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 7, 12, generator=gen).requires_grad_(input_grad)
+    params = _mlp_params(12, gen, requires_grad=True)
+    grad = torch.randn(3, 5, 7, 12, generator=gen)
+    inputs = [x] + params if input_grad else params
+    got = ops.blocked_mlp(x, *params, rows=rows)
+    got_grads = torch.autograd.grad(got, inputs, grad)
+    expected = F.linear(F.gelu(F.linear(x, *params[:2])), *params[2:])
+    expected_grads = torch.autograd.grad(expected, inputs, grad)
+    assert (got - expected).norm() / expected.norm() < 1e-5
+    for a, b in zip(got_grads, expected_grads):
+        assert (a - b).norm() / b.norm() < 1e-5
+
+
+@pytest.mark.parametrize('rows', [3, 64])
+@pytest.mark.parametrize('with_scale', [True, False], ids=['gamma', 'folded'])
+def test_blocked_residual_mlp_equals_the_plain_block_tail(rows, with_scale):
+    gen = torch.Generator().manual_seed(0)
+    x, shortcut = torch.randn(2, 3, 11, 20, generator=gen), torch.randn(2, 3, 11, 20, generator=gen)
+    params = _mlp_params(20, gen)
+    scale = torch.rand(20, generator=gen) if with_scale else None
+    expected = F.linear(F.gelu(F.linear(x, *params[:2])), *params[2:])
+    expected = shortcut + (expected * scale if with_scale else expected)
+    with torch.no_grad():
+        got = ops.blocked_residual_mlp(x, *params, shortcut, scale, rows=rows)
+    assert got.shape == expected.shape
+    assert (got - expected).norm() / expected.norm() < 1e-5
+
+
+def test_blocked_residual_mlp_under_bf16_autocast_keeps_a_float32_residual_stream():
+    gen = torch.Generator().manual_seed(0)
+    x, shortcut = torch.randn(1, 4, 9, 16, generator=gen), torch.randn(1, 4, 9, 16, generator=gen)
+    params, scale = _mlp_params(16, gen), torch.rand(16, generator=gen)
+    expected = shortcut + scale * F.linear(F.gelu(F.linear(x, *params[:2])), *params[2:])
+    with torch.no_grad(), torch.autocast('cpu', torch.bfloat16):
+        got = ops.blocked_residual_mlp(x, *params, shortcut, scale, rows=8)
+    assert got.dtype == torch.float32
+    assert (got - expected).norm() / expected.norm() < 3e-2
+
+
+@pytest.mark.parametrize('rows', [0, -4])
+def test_blocked_mlps_refuse_a_non_positive_block(rows):
+    x = torch.randn(4, 8)
+    params = _mlp_params(8, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=f'rows={rows}'):
+        ops.blocked_mlp(x, *params, rows=rows)
+    with pytest.raises(ValueError, match=f'rows={rows}'):
+        ops.blocked_residual_mlp(x, *params, x, None, rows=rows)

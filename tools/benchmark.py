@@ -49,7 +49,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from convnext_backbone import ConvNeXt, cli, convert_state_dict
+from convnext_backbone import ConvNeXt, cli, convert_state_dict, machine, tuning
 from convnext_backbone.ops import mkldnn_linear_available
 
 TIMM_NAMES = {'tiny': 'convnext_tiny', 'small': 'convnext_small', 'base': 'convnext_base',
@@ -190,6 +190,42 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
 
 
 # -- backbone inference ---------------------------------------------------------------------------
+def pointwise_flops(model: ConvNeXt, batch: int, shape: Sequence[int]) -> float:
+    """FLOPs of the blocks' pointwise layers (2 products of C x 4C per pixel) for one input."""
+    flops = 0.
+    for i, (depth, dim) in enumerate(zip(model.depths, model.dims)):
+        pixels = batch * (shape[0] // 2 ** (i + 2)) * (shape[1] // 2 ** (i + 2))
+        flops += depth * 2 * 2 * pixels * dim * 4 * dim
+    return flops
+
+
+GEMM_SIZE = 2048
+
+
+def square_gemm() -> Callable[[], object]:
+    """A float32 ``GEMM_SIZE``^2 product, timed beside the models for the GEMM-rate floor."""
+    a, b = torch.randn(GEMM_SIZE, GEMM_SIZE), torch.randn(GEMM_SIZE, GEMM_SIZE)
+    return lambda: torch.mm(a, b)
+
+
+def print_decisions() -> None:
+    """The fast path chosen for each shape class and the probe's times."""
+    def variant(key: tuple) -> str:
+        if key[0] != 'residual_mlp':
+            return 'training' + (', input grad' if key[4] else '')
+        return (('folded' if key[5] else 'gamma') + f', residual {dtype_name(key[4])}'
+                + (', GRN' if key[6] else ''))
+
+    def dtype_name(dtype: torch.dtype) -> str:
+        return str(dtype).replace('torch.', '')
+
+    rows = [[str(key[0]), str(key[1]), dtype_name(key[3]), variant(key), str(2 ** (key[-2] - 1)),
+             name, ', '.join(f'{n} {1e3 * t:.1f}' for n, t in timings.items())]
+            for key, (name, timings) in tuning.decisions().items()]
+    print_table('Fast paths chosen in this process (tuning.decisions(); probe times in ms, best '
+                'of 3)', ['op', 'C', 'dtype', 'variant', 'rows >=', 'chosen', 'candidates'], rows)
+
+
 def bench_inference(args: argparse.Namespace) -> bool:
     """Time plain and fused inference (and the others with --compare). Returns False when an
     fp32 output disagrees by 1e-4 or more."""
@@ -206,35 +242,98 @@ def bench_inference(args: argparse.Namespace) -> bool:
                 models[name] = other
     x = torch.randn(args.batch, 3, *args.shape)
 
-    def run(model: nn.Module, dtype: str) -> Outputs:
-        with autocast(dtype):
-            return model(x)
+    def run(name: str, dtype: str) -> Outputs:
+        policy = 'plain' if name == 'ours plain ops' else 'auto'
+        with autocast(dtype), tuning.use_policy(policy):
+            return models[name](x)
 
+    models = {'ours plain ops': ours, **models}
     # Every (precision, model) pair in each round, so that fp32 and bf16 see the same noise.
     pairs = [(dtype, name) for dtype in args.dtypes for name in models]
+    fns: Dict[Any, Callable[[], object]] = {(d, n): (lambda d=d, n=n: run(n, d)) for d, n in pairs}
+    if 'fp32' in args.dtypes:  # the GEMM rate, measured in the same rounds (the same noise)
+        fns['gemm'] = square_gemm()
     with torch.no_grad():
-        reference = ours(x)
-        errors = {(d, n): rel_err(run(models[n], d), reference) for d, n in pairs}
-        medians, best = interleaved({(d, n): (lambda d=d, n=n: run(models[n], d))
-                                     for d, n in pairs}, args.warmup, args.repeat)
+        reference = run('ours plain ops', 'fp32')
+        errors = {(d, n): rel_err(run(n, d), reference) for d, n in pairs}
+        medians, best = interleaved(fns, args.warmup, args.repeat)
     ok = all(err < 1e-4 for (dtype, _), err in errors.items() if dtype == 'fp32')
+    columns = [n for n in ('ours', 'ours fused') if n in models]
     rows = [[d, n, f'{medians[d, n]:.3f}', f'{best[d, n]:.3f}', f'{args.batch / medians[d, n]:.2f}',
-             f'{errors[d, n]:.1e}', f'{medians[d, "ours"] / medians[d, n]:.2f}x',
-             f'{medians[d, "ours fused"] / medians[d, n]:.2f}x'] for d, n in pairs]
-    speedups = []
-    if set(args.dtypes) == {'fp32', 'bf16'}:
-        speedups = [[name, f'{medians["fp32", name] / medians["bf16", name]:.2f}x',
-                     f'{medians["fp32", "ours"] / medians["bf16", name]:.2f}x',
-                     f'{medians["fp32", "ours fused"] / medians["bf16", name]:.2f}x']
-                    for name in models]
+             f'{errors[d, n]:.1e}'] + [f'{medians[d, n] / medians[d, c]:.2f}x' for c in columns]
+            for d, n in pairs]
     print_table(f'Backbone inference, ConvNeXt-{args.arch}, {args.batch}x3x{args.shape[0]}x'
                 f'{args.shape[1]}, {torch.get_num_threads()} threads, median of {args.repeat}',
-                ['precision', 'model', 'median s', 'best s', 'images/s', 'rel. err vs ours fp32',
-                 'speed vs ours', 'speed vs ours fused'], rows)
-    if speedups:
+                ['precision', 'model', 'median s', 'best s', 'images/s', 'rel. err vs ours fp32']
+                + [f'{c} is faster by' for c in columns], rows)
+    print_decisions()
+    if 'fp32' in args.dtypes:
+        rate = 2 * GEMM_SIZE ** 3 / medians['gemm']
+        flops = pointwise_flops(ours, args.batch, args.shape)
+        fastest = min(medians['fp32', n] for n in columns)
+        print(f'\nGEMM-rate floor: {flops / 1e9:.0f} GFLOP of pointwise layers at '
+              f'{rate / 1e9:.0f} GFLOP/s (median {GEMM_SIZE}^2 float32 torch.mm, timed in the same '
+              f'rounds) = {flops / rate:.3f} s; ours (faster of plain/fused) = {fastest:.3f} s = '
+              f'{fastest * rate / flops:.2f}x the floor (target <= 1.3x)')
+        for other, target in (('timm', 1.5), ('mmpretrain', 1.8)):
+            if other in models:
+                ratio = medians['fp32', other] / fastest
+                print(f'fp32: ours is {ratio:.2f}x {other} (target >= {target}x): '
+                      f'{"met" if ratio >= target else "NOT met"}')
+    if set(args.dtypes) == {'fp32', 'bf16'}:
+        speedups = [[name, f'{medians["fp32", name] / medians["bf16", name]:.2f}x',
+                     f'{medians["fp32", "ours"] / medians["bf16", name]:.2f}x']
+                    for name in models]
         print_table('bf16 autocast speed-up (median fp32 time / median bf16 time)',
-                    ['model', 'over its own fp32', 'over ours fp32', 'over ours fused fp32'],
-                    speedups)
+                    ['model', 'over its own fp32', 'over ours fp32'], speedups)
+    return ok
+
+
+def mlp_candidates(x: torch.Tensor, params: Sequence[torch.Tensor], shortcut: torch.Tensor,
+                   gamma: torch.Tensor, rows: int) -> Dict[str, Callable[[], torch.Tensor]]:
+    """The inference candidates of ``ops.residual_mlp`` for one input, as timed functions."""
+    from convnext_backbone import ops
+
+    def plain() -> torch.Tensor:
+        with tuning.use_policy('plain'):
+            return ops.residual_mlp(x, *params, shortcut, gamma)
+
+    def onednn() -> torch.Tensor:
+        hidden = ops.linear_gelu(x, params[0], params[1])
+        return torch.addcmul(shortcut, ops.linear(hidden, params[2], params[3]), gamma)
+
+    def blocked() -> torch.Tensor:
+        return ops.blocked_residual_mlp(x, *params, shortcut, gamma, rows)
+
+    return {'plain ops': plain, 'onednn': onednn, f'blocked {rows} rows': blocked}
+
+
+def bench_mlp(args: argparse.Namespace) -> bool:
+    """Each stage's block MLP + tail (``shortcut + gamma * fc2(gelu(fc1(x)))``) at the stage's
+    size for ``--shape``, by every inference candidate of ``ops.residual_mlp``, interleaved."""
+    from convnext_backbone import ops
+    torch.manual_seed(0)
+    model = ConvNeXt(args.arch)
+    table, ok = [], True
+    for i, dim in enumerate(model.dims):
+        h, w = args.shape[0] // 2 ** (i + 2), args.shape[1] // 2 ** (i + 2)
+        x, shortcut = torch.randn(args.batch, h, w, dim), torch.randn(args.batch, h, w, dim)
+        linear1, linear2 = model.stages[i][0].pwconv1, model.stages[i][0].pwconv2
+        params = (linear1.weight, linear1.bias, linear2.weight, linear2.bias)
+        fns = mlp_candidates(x, params, shortcut, torch.rand(dim), ops.block_rows(4 * dim, 4))
+        with torch.no_grad():
+            ref = fns['plain ops']()
+            errors = {n: ((fn() - ref).norm() / ref.norm()).item() for n, fn in fns.items()}
+            medians, best = interleaved(fns, args.warmup, args.repeat)
+        ok = ok and max(errors.values()) < 1e-5
+        flops = 2 * 2 * args.batch * h * w * dim * 4 * dim
+        table += [[str(i), f'({args.batch * h * w}, {dim}) x ({dim}, {4 * dim})', n,
+                   f'{1e3 * medians[n]:.1f}', f'{1e3 * best[n]:.1f}',
+                   f'{flops / medians[n] / 1e9:.0f}', f'{errors[n]:.1e}'] for n in fns]
+    print_table(f'Block MLP + tail per stage, {args.batch}x3x{args.shape[0]}x{args.shape[1]}, '
+                f'fp32, {torch.get_num_threads()} threads, median of {args.repeat}',
+                ['stage', 'first product', 'candidate', 'median ms', 'best ms',
+                 'GFLOP/s (median)', 'rel. err vs plain'], table)
     return ok
 
 
@@ -282,6 +381,11 @@ def bench_training(args: argparse.Namespace) -> bool:
                 f'{args.train_batch}x3x{args.train_shape[0]}x{args.train_shape[1]}, median of '
                 f'{args.repeat}', ['model', 'median s', 'best s', 'images/s',
                                    'max rel. err of weight grads vs ours', 'speed vs ours'], rows)
+    if 'timm' in medians:
+        ratio = medians['timm'] / medians['ours']
+        print(f'\ntraining step: ours is {ratio:.2f}x timm (target >= 1.25x): '
+              f'{"met" if ratio >= 1.25 else "NOT met"}')
+    print_decisions()
     ok = all(err < 1e-4 for err in errors.values())
     if args.memory:
         ok = bench_memory(args, ours, x, weights) and ok
@@ -403,6 +507,251 @@ def bench_config(args: argparse.Namespace) -> bool:
     return True
 
 
+# -- whole models beside the peer libraries' own ConvNeXt configs ---------------------------------
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+#: task -> (our config, the peer library's own ConvNeXt-T config, test image (H, W)).
+E2E = {'seg': ('configs/upernet_convnext-t_8xb2-amp-160k_ade20k-512x512.py',
+               'mmseg::convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py', (512, 683)),
+       'det': ('configs/mask-rcnn_convnext-t_fpn_amp-ms-crop-3x_coco.py',
+               'mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py',
+               (800, 1216))}
+#: Submodules timed separately (forward of the first two, predict/loss of the heads).
+PARTS = ('backbone', 'neck', 'decode_head', 'auxiliary_head', 'rpn_head', 'roi_head')
+
+
+def import_mmpretrain() -> bool:
+    """Make ``mmpretrain.models`` importable in this environment, for the peer configs.
+
+    mmpretrain 1.2.0 is pure Python: installed with ``pip install --no-deps --target
+    .venv-bench/mmpretrain-only mmpretrain==1.2.0 ...`` and run with
+    ``PYTHONPATH=.venv-bench/mmpretrain-only`` (docs/performance.md), it imports here. Its
+    ``models`` package imports ``torchvision.ops.boxes`` in two modules
+    (``mmpretrain/models/utils/box_utils.py``, ``mmpretrain/evaluation/metrics/
+    visual_grounding_eval.py``) that the ConvNeXt backbone never calls; where torchvision cannot
+    load, a placeholder module stands in whose every attribute raises, so a real use would fail
+    loudly. Its multimodal models (``mmpretrain/models/multimodal/__init__.py``: imported when
+    ``WITH_MULTIMODAL``) are switched off: they do not import with transformers 5.
+    """
+    import types
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        class Placeholder(types.ModuleType):
+            def __getattr__(self, name: str) -> Any:
+                if name.startswith('__'):
+                    raise AttributeError(name)
+                raise ImportError(f'{self.__name__}.{name}: torchvision is not installed here')
+        names = ('torchvision', 'torchvision.ops', 'torchvision.ops.boxes')
+        modules = {name: Placeholder(name) for name in names}
+        modules['torchvision'].ops = modules['torchvision.ops']
+        modules['torchvision.ops'].boxes = modules['torchvision.ops.boxes']
+        sys.modules.update(modules)
+    try:
+        # Its multimodal models need transformers < 5 and are not used here.
+        from mmpretrain.utils import dependency
+        dependency.WITH_MULTIMODAL = False
+        import mmpretrain.models  # noqa: F401
+        return True
+    except ImportError as err:
+        print(f'# mmpretrain skipped: {type(err).__name__}: {err} (docs/performance.md: '
+              'PYTHONPATH=.venv-bench/mmpretrain-only)')
+        return False
+
+
+class PartTimes:
+    """Wall time spent in the model's main parts (``PARTS``) during each run.
+
+    Args:
+        model (nn.Module): A detector or segmentor.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.last: Dict[str, float] = {}
+        for name in PARTS:
+            part = getattr(model, name, None)
+            if isinstance(part, nn.Module):
+                for method in ('forward',) if name in ('backbone', 'neck') else ('predict', 'loss'):
+                    setattr(part, method, self._timed(name, getattr(part, method)))
+
+    def _timed(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.last[name] = self.last.get(name, 0.) + time.perf_counter() - start
+        return timed
+
+
+def synthetic_batch(scope: str, shape: Sequence[int], batch: int, train: bool,
+                    seed: int = 0) -> dict:
+    """A data batch as the data loader gives it: uint8 images, samples with metainfo (and random
+    ground truth for training)."""
+    from mmengine.structures import InstanceData, PixelData
+    gen = torch.Generator().manual_seed(seed)
+    h, w = shape
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1., 1.), pad_shape=(h, w),
+                batch_input_shape=(h, w))
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen))
+        if scope == 'mmseg':
+            from mmseg.structures import SegDataSample
+            sample = SegDataSample(metainfo=meta)
+            if train:
+                labels = torch.randint(0, 150, (1, h, w), generator=gen)
+                sample.gt_sem_seg = PixelData(data=labels)
+        else:
+            from mmdet.structures import DetDataSample
+            from mmdet.structures.mask import BitmapMasks
+            sample = DetDataSample(metainfo=meta)
+            if train:
+                xy = torch.rand(8, 2, generator=gen) * torch.tensor([w * .6, h * .6])
+                wh = torch.rand(8, 2, generator=gen) * torch.tensor([w * .3, h * .3]) + 16
+                boxes = torch.cat([xy, xy + wh], 1)
+                masks = torch.zeros(8, h, w, dtype=torch.uint8)
+                for i, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+                    masks[i, y0:y1, x0:x1] = 1
+                sample.gt_instances = InstanceData(
+                    bboxes=boxes, labels=torch.randint(0, 80, (8,), generator=gen),
+                    masks=BitmapMasks(masks.numpy(), h, w))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def build_pair(task: str) -> Tuple[nn.Module, Optional[nn.Module], str]:
+    """Our config's model and the peer config's (None without mmpretrain), same weights."""
+    ours_cfg, peer_cfg, _ = E2E[task]
+    cfg = cli.read_config(osp.join(ROOT, ours_cfg))
+    torch.manual_seed(0)
+    ours = cli.build_model(cfg)
+    randomise_(ours)
+    peer = None
+    if import_mmpretrain():
+        package, rel = peer_cfg.split('::')
+        installed = osp.dirname(__import__(package).__file__)
+        peer = cli.build_model(cli.read_config(osp.join(installed, '.mim', 'configs', rel)))
+        mapping = key_map(peer.backbone)
+        src = ours.state_dict()
+        state = {}
+        for key, value in peer.state_dict().items():
+            name = (f'backbone.{mapping[key[len("backbone."):]]}' if key.startswith('backbone.')
+                    else key)
+            state[key] = src[name].reshape(value.shape)
+        peer.load_state_dict(state, strict=True)
+        peer.eval()
+    return ours, peer, cfg.get('default_scope')
+
+
+def prepare_inference(model: nn.Module) -> nn.Module:
+    """Our inference preparation of a whole model: the backbone's ``fuse()`` and mmcv's
+    ``fuse_conv_bn`` (each BatchNorm after a conv folded into it). Returns the model."""
+    from mmcv.cnn import fuse_conv_bn
+    if hasattr(model.backbone, 'fuse'):
+        model.backbone.fuse()
+    return fuse_conv_bn(model)
+
+
+def bench_e2e(args: argparse.Namespace) -> bool:
+    """Whole-model test step (and training step with --train): our config beside the peer
+    library's own ConvNeXt config, same weights, one process; times per part."""
+    ok = True
+    for task in args.e2e:
+        ok = bench_e2e_test(task, args) and ok
+    return ok
+
+
+def bench_e2e_test(task: str, args: argparse.Namespace) -> bool:
+    """One task of :func:`bench_e2e`. Returns False when a test output disagrees by 1e-4."""
+    ours, peer, scope = build_pair(task)
+    shape = args.shape or E2E[task][2]
+    models: Dict[str, nn.Module] = {'ours': ours,
+                                    'ours prepared': prepare_inference(copy.deepcopy(ours))}
+    if peer is not None:
+        models['peer'] = peer
+    parts = {name: PartTimes(m) for name, m in models.items()}
+    batch = synthetic_batch(scope, shape, 1, train=False)
+
+    def test_step(name: str) -> Any:
+        parts[name].last = {}
+        return models[name].test_step(batch)
+
+    with torch.no_grad():
+        outs = {name: test_step(name) for name in models}
+        errors = {name: e2e_error(out, outs['ours']) for name, out in outs.items()}
+        times: Dict[str, List[Dict[str, float]]] = {name: [] for name in models}
+
+        def run(name: str) -> None:
+            start = time.perf_counter()
+            test_step(name)
+            times[name].append(dict(parts[name].last, total=time.perf_counter() - start))
+
+        medians, _ = interleaved({name: (lambda n=name: run(n)) for name in models},
+                                 args.warmup, args.repeat)
+    print_e2e(f'{task}: test_step, 1x3x{shape[0]}x{shape[1]}', models, times, medians,
+              errors, args)
+    if args.train:
+        bench_e2e_train(task, scope, ours, peer, args)
+    return all(err < 1e-4 for err in errors.values())
+
+
+def e2e_error(out: Any, ref: Any) -> float:
+    """Relative error of segmentation logits, or of detection boxes and scores."""
+    a, b = out[0], ref[0]
+    if hasattr(b, 'seg_logits'):
+        pairs = [(a.seg_logits.data, b.seg_logits.data)]
+    else:
+        pairs = [(a.pred_instances.bboxes, b.pred_instances.bboxes),
+                 (a.pred_instances.scores, b.pred_instances.scores)]
+    if any(x.shape != y.shape for x, y in pairs):
+        return float('inf')
+    return max(((x.float() - y.float()).norm() / y.float().norm().clamp_min(1e-12)).item()
+               for x, y in pairs)
+
+
+def print_e2e(title: str, models: Dict[str, nn.Module], times: Dict[str, List[Dict[str, float]]],
+              medians: Dict[str, float], errors: Optional[Dict[str, float]],
+              args: argparse.Namespace) -> None:
+    """One row per model: median total, median per part, rel. error, ratios."""
+    names = [p for p in PARTS if any(p in t for ts in times.values() for t in ts)]
+    rows = []
+    for name in models:
+        kept = times[name][args.warmup:] or times[name]
+        part = {p: statistics.median(t.get(p, 0.) for t in kept) for p in names}
+        rest = medians[name] - sum(part.values())
+        ratio = (f'{medians["peer"] / medians[name]:.2f}x' if 'peer' in medians else '')
+        rows.append([name, f'{medians[name]:.3f}'] + [f'{part[p]:.3f}' for p in names]
+                    + [f'{rest:.3f}', f'{errors[name]:.1e}' if errors else '', ratio])
+    print_table(f'{title}, {torch.get_num_threads()} threads, median of {args.repeat} (parts: '
+                'median seconds inside each)', ['model', 'total s'] + [f'{p} s' for p in names]
+                + ['rest s', 'rel. err vs ours', 'speed vs peer config'], rows)
+
+
+def bench_e2e_train(task: str, scope: str, ours: nn.Module, peer: Optional[nn.Module],
+                    args: argparse.Namespace) -> None:
+    """One training step (forward with losses + backward) of each model, same batch."""
+    models = {'ours': ours} if peer is None else {'ours': ours, 'peer': peer}
+    parts = {name: PartTimes(m) for name, m in models.items()}
+    batch = synthetic_batch(scope, args.train_shape, args.train_batch, train=True)
+    times: Dict[str, List[Dict[str, float]]] = {name: [] for name in models}
+
+    def step(name: str) -> None:
+        model = models[name].train()
+        model.zero_grad(set_to_none=True)
+        parts[name].last = {}
+        start = time.perf_counter()
+        data = model.data_preprocessor(batch, True)
+        loss, _ = model.parse_losses(model(**data, mode='loss'))
+        loss.backward()
+        times[name].append(dict(parts[name].last, total=time.perf_counter() - start))
+
+    medians, _ = interleaved({name: (lambda n=name: step(n)) for name in models},
+                             args.warmup, args.repeat)
+    print_e2e(f'{task}: training step (forward + backward; parts: forward with losses), '
+              f'{args.train_batch}x3x{args.train_shape[0]}x{args.train_shape[1]}', models, times,
+              medians, None, args)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--arch', default='tiny', help="backbone arch (default 'tiny')")
@@ -410,8 +759,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='inference input size (default 800 1216; a config: 800 1216 for '
                              'mmdet, 512 512 for mmseg)')
     parser.add_argument('--batch', type=int, default=1, help='inference batch (default 1)')
-    parser.add_argument('--dtypes', nargs='+', choices=('fp32', 'bf16'), default=['fp32', 'bf16'],
-                        help='precisions to time (default fp32 bf16; bf16 = CPU autocast)')
+    parser.add_argument('--dtypes', nargs='+', choices=('fp32', 'bf16'), default=None,
+                        help='precisions to time (bf16 = CPU autocast; default: fp32, and bf16 '
+                             'where the CPU computes bf16 natively)')
     parser.add_argument('--threads', type=int, default=2, help='torch threads (default 2)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds (default 2)')
     parser.add_argument('--repeat', type=int, default=7, help='timed rounds (default 7)')
@@ -424,13 +774,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--train-batch', type=int, default=2, help='training batch (default 2)')
     parser.add_argument('--memory', action='store_true',
                         help='with --train: peak memory with and without with_cp')
+    parser.add_argument('--mlp', action='store_true',
+                        help='time the block MLP candidates (plain, oneDNN, blocked) per stage')
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile (inductor) the backbone: check and time it')
     parser.add_argument('--config', help='a detector/segmentor config: time its test_step')
+    parser.add_argument('--e2e', nargs='+', choices=tuple(E2E), default=None,
+                        help="whole models: our UperNet-T (seg) / Mask R-CNN-T (det) config beside "
+                             "mmseg's / mmdet's own ConvNeXt-T config, same weights (+ --train)")
     args = parser.parse_args(argv)
     if args.arch not in TIMM_NAMES and args.compare:
         parser.error(f'--compare supports the V1 archs {sorted(TIMM_NAMES)}, got {args.arch!r}')
-    if args.shape is None:
+    if args.dtypes is None:
+        args.dtypes = ['fp32', 'bf16'] if machine.native_bf16() else ['fp32']
+    if args.shape is None and not args.e2e:
         scope_is_seg = bool(args.config) and 'upernet' in osp.basename(args.config)
         args.shape = [512, 512] if scope_is_seg else [800, 1216]
     return args
@@ -439,13 +796,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(f'# {machine.describe()}')
     print(f'# torch {torch.__version__}, {torch.get_num_threads()} threads, oneDNN fused Linear: '
           f'fp32 {mkldnn_linear_available(torch.float32)}, '
-          f'bf16 {mkldnn_linear_available(torch.bfloat16)}, THP_MEM_ALLOC_ENABLE='
-          f'{os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")}')
+          f'bf16 {mkldnn_linear_available(torch.bfloat16)}, fast paths: {tuning.policy()}, '
+          f'THP_MEM_ALLOC_ENABLE={os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")}, load average '
+          f'at start: {" ".join(f"{v:.2f}" for v in os.getloadavg())}')
+    if 'bf16' in args.dtypes and not machine.native_bf16():
+        print('# bf16 was asked for on a CPU without native bf16: expect it to be ~'
+              f'{machine.BF16_SLOWDOWN_WITHOUT_NATIVE}x slower than fp32')
     ok = True
-    if args.config:
+    if args.e2e:
+        ok = bench_e2e(args)
+    elif args.config:
         ok = bench_config(args)
+    elif args.mlp:
+        ok = bench_mlp(args)
     elif args.compile:
         ok = bench_compile(args)
     else:

@@ -1,0 +1,187 @@
+"""Per-machine decisions: fast paths are kept only where faster, bf16 is never a trap."""
+import os
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convnext_backbone import ConvNeXt, machine, ops, tuning
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AVX2_ONLY = {'fpu', 'sse4_2', 'avx', 'avx2', 'fma', 'f16c'}
+AVX512_BF16 = AVX2_ONLY | {'avx512f', 'avx512bw', 'avx512_bf16'}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_decisions():
+    tuning.reset()
+    machine._WARNED.clear()
+    yield
+    tuning.reset()
+
+
+def _inputs(rows=96, channels=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, rows, 1, channels, generator=gen)
+    shortcut = torch.randn(1, rows, 1, channels, generator=gen)
+    params = [torch.randn(shape, generator=gen) for shape in
+              ((4 * channels, channels), (4 * channels,), (channels, 4 * channels), (channels,))]
+    return x, params, shortcut, torch.rand(channels, generator=gen)
+
+
+def _slowed(fn, calls):
+    def slow(*args, **kwargs):
+        calls.append(fn.__name__)
+        time.sleep(0.01)
+        return fn(*args, **kwargs)
+    return slow
+
+
+def _expected(x, params, shortcut, scale):
+    return torch.addcmul(shortcut, F.linear(F.gelu(F.linear(x, *params[:2])), *params[2:]), scale)
+
+
+def test_a_forced_slow_probe_falls_back_to_the_plain_ops(monkeypatch):
+    if not ops.mkldnn_linear_available(torch.float32):
+        pytest.skip('no oneDNN: only the plain ops exist here')
+    calls = []
+    monkeypatch.setattr(ops, 'block_rows', lambda *args, **kwargs: 16)
+    monkeypatch.setattr(ops, 'blocked_residual_mlp', _slowed(ops.blocked_residual_mlp, calls))
+    monkeypatch.setattr(ops, 'linear_gelu', _slowed(ops.linear_gelu, calls))
+    x, params, shortcut, scale = _inputs()
+    with torch.no_grad():
+        first = ops.residual_mlp(x, *params, shortcut, scale)
+        probed = set(calls)
+        calls.clear()
+        again = ops.residual_mlp(x, *params, shortcut, scale)
+    (name, timings), = tuning.decisions().values()
+    assert probed == {'blocked_residual_mlp', 'linear_gelu'}  # the fast candidates were timed
+    assert name == 'plain' and set(timings) == {'plain', 'onednn', 'blocked16'}
+    assert calls == []                                         # and are not run any more
+    expected = _expected(x, params, shortcut, scale)
+    for got in (first, again):
+        assert (got - expected).norm() / expected.norm() < 1e-5
+
+
+def test_a_faster_candidate_is_kept_and_a_slow_drift_makes_it_probe_again(monkeypatch):
+    if not ops.mkldnn_linear_available(torch.float32):
+        pytest.skip('no oneDNN: only the plain ops exist here')
+    slow_plain = _slowed(F.linear, [])
+    x, params, shortcut, scale = _inputs()
+    monkeypatch.setattr(ops.F, 'linear', slow_plain)  # the plain candidate is the slow one
+    with torch.no_grad():
+        ops.residual_mlp(x, *params, shortcut, scale)
+        (key, (name, _)), = tuning.decisions().items()
+        assert name != 'plain'
+        monkeypatch.setattr(tuning, 'DRIFT', 0.0)     # every call now counts as slow
+        for _ in range(tuning.SLOW_CALLS):
+            ops.residual_mlp(x, *params, shortcut, scale)
+    assert tuning.decided(key) is None                 # the next call times them again
+
+
+def test_the_plain_policy_runs_no_fast_path(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ops, 'linear_gelu', _slowed(ops.linear_gelu, calls))
+    x, params, shortcut, scale = _inputs()
+    with torch.no_grad(), tuning.use_policy('plain'):
+        ops.residual_mlp(x, *params, shortcut, scale)
+    assert calls == [] and tuning.decisions() == {}
+    monkeypatch.setenv('CONVNEXT_FAST_PATHS', 'fastest')
+    with pytest.raises(ValueError, match="CONVNEXT_FAST_PATHS='fastest'.*'auto', 'plain'"):
+        tuning.policy()
+
+
+def test_training_choice_times_forward_and_backward_without_touching_the_weights(monkeypatch):
+    if not ops.mkldnn_linear_available(torch.float32):
+        pytest.skip('no oneDNN: only the plain ops exist here')
+    monkeypatch.setattr(ops, 'block_rows', lambda *args, **kwargs: 16)
+    x, params, _, _ = _inputs(rows=50)
+    x.requires_grad_()
+    for p in params:
+        p.requires_grad_()
+    out = ops.mlp(x, *params)
+    (name, timings), = tuning.decisions().values()
+    assert set(timings) == {'plain', 'onednn', 'blocked16'} and name in timings
+    assert x.grad is None and all(p.grad is None for p in params)
+    out.sum().backward()
+    expected = torch.autograd.grad(
+        F.linear(F.gelu(F.linear(x, *params[:2])), *params[2:]).sum(), params)
+    for p, e in zip(params, expected):
+        assert (p.grad - e).norm() / e.norm() < 1e-5
+
+
+@pytest.mark.parametrize('flags,isa,native', [
+    (AVX2_ONLY, None, False),
+    (AVX512_BF16, None, True),
+    (AVX512_BF16, 'AVX2', False),             # oneDNN kept off the bf16 instructions
+    (AVX2_ONLY | {'amx_bf16'}, 'ALL', True),
+])
+def test_native_bf16_needs_the_flag_and_a_onednn_allowed_to_use_it(monkeypatch, flags, isa,
+                                                                   native):
+    monkeypatch.delenv('DNNL_MAX_CPU_ISA', raising=False)
+    if isa is None:
+        monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+    else:
+        monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', isa)
+    with machine.simulate_cpu(flags):
+        assert machine.native_bf16() is native
+
+
+def test_bf16_autocast_warns_once_on_a_cpu_without_native_bf16(monkeypatch):
+    monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+    model = ConvNeXt(dict(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8))).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad(), torch.autocast('cpu', torch.bfloat16):
+        with machine.simulate_cpu(AVX2_ONLY):
+            with pytest.warns(RuntimeWarning, match='without native bf16') as record:
+                model(x)
+            with warnings.catch_warnings():
+                warnings.simplefilter('error')
+                model(x)                          # once per process
+        message = next(str(w.message) for w in record if 'native bf16' in str(w.message))
+        assert 'avx512_bf16 or amx_bf16' in message
+        assert f'{machine.BF16_SLOWDOWN_WITHOUT_NATIVE}x slower' in message
+        machine._WARNED.clear()
+        with machine.simulate_cpu(AVX512_BF16), warnings.catch_warnings():
+            warnings.simplefilter('error')
+            model(x)                              # native bf16: no warning
+    with machine.simulate_cpu(AVX2_ONLY), warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model(x)                                  # float32: no warning
+
+
+@pytest.mark.parametrize('flags,expected', [(AVX2_ONLY, ['fp32']),
+                                            (AVX512_BF16, ['fp32', 'bf16'])])
+def test_the_benchmark_chooses_bf16_only_where_it_is_native(monkeypatch, flags, expected):
+    monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'tools'))
+    sys.modules.pop('benchmark', None)
+    import benchmark
+    with machine.simulate_cpu(flags):
+        assert benchmark.parse_args([]).dtypes == expected
+
+
+def test_cache_sizes_and_the_block_rows_follow_the_machine(monkeypatch):
+    assert machine.cache_bytes(2) >= 0
+    monkeypatch.setattr(machine, 'cache_bytes', lambda level: 2**20)
+    # (rows, 384) float32 blocks filling 2 x 1 MiB of L2: 1365 rows, down to a multiple of 64.
+    assert ops.block_rows(384, 4, threads=2) == 1344
+    assert ops.block_rows(3072, 4, threads=1) == 64  # at least one 64-row block
+
+
+def test_the_training_probe_inside_with_cp_leaves_gradients_equal():
+    # The first training forward probes inside torch.utils.checkpoint; its recomputation must
+    # still match the original forward.
+    arch = dict(depths=(2, 1, 1, 1), dims=(16, 16, 16, 16))
+    cp = ConvNeXt(arch, with_cp=True).train()
+    plain = ConvNeXt(arch).train()
+    plain.load_state_dict(cp.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    for model in (cp, plain):
+        sum(o.sum() for o in model(x)).backward()
+    assert tuning.decisions()
+    for (name, a), b in zip(cp.named_parameters(), plain.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-6), name
