@@ -19,6 +19,11 @@ SCOPES = ('mmdet', 'mmseg')
 #: The runner of every config that names no ``runner_type``.
 DEFAULT_RUNNER = 'convnext_backbone.ResumableRunner'
 _AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
+#: Exit status of ``tools/train.py`` when a signal (SIGTERM, SIGUSR1) stopped training after it
+#: wrote a checkpoint of the current iteration: run again with ``--resume``. 75 is EX_TEMPFAIL of
+#: sysexits.h ("try again later"). ``tools/slurm_train.sh`` requeues on it and
+#: ``tools/dist_launch.sh`` returns it; both spell it out, as shell cannot import it.
+EXIT_STOPPED = 75
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -130,11 +135,15 @@ def user_errors() -> tuple:
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn :func:`user_errors` raised inside into ``fail(message, code=1)``."""
+    """Turn :func:`user_errors` raised inside into ``fail(message, code=1)``, and a stop on a
+    signal (``TrainingStopped``, its checkpoint written) into exit status :data:`EXIT_STOPPED`."""
+    from .engine.preemption import TrainingStopped
     try:
         yield
     except user_errors() as err:
         fail(str(err), code=1)
+    except TrainingStopped:
+        sys.exit(EXIT_STOPPED)
 
 
 def existing_checkpoint(path: str) -> str:

@@ -4,6 +4,11 @@
 #       [train.py arguments ...]
 # GPUS (default 8), GPUS_PER_NODE (8), CPUS_PER_TASK (5) and SRUN_ARGS (extra srun options) come
 # from the environment.
+# Preemption and time limits (docs/cluster.md): SIGTERM or SIGUSR1 (sbatch --signal=USR1@300)
+# stops training at a checkpoint of the current iteration and every task exits with 75
+# (EXIT_STOPPED in convnext_backbone/cli.py). In a requeueable batch job (sbatch --requeue) this
+# script then runs `scontrol requeue $SLURM_JOB_ID`, and the requeued job (SLURM_RESTART_COUNT > 0)
+# continues from that checkpoint by itself. The script exits with srun's status.
 set -euo pipefail
 if [ $# -lt 4 ]; then
     echo "usage: $0 PARTITION JOB_NAME CONFIG WORK_DIR [train.py arguments ...]" >&2
@@ -20,9 +25,21 @@ CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 TOOLS=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}
+EXIT_STOPPED=75
+# The tasks' report of a stop (run_until_stopped) goes into the work dir: every node sees it.
+mkdir -p "$WORK_DIR"
+CONVNEXT_STOP_REPORT="$(cd "$WORK_DIR" && pwd)/.stop_report.$$"
+export CONVNEXT_STOP_REPORT
 
+# run_until_stopped passes SIGTERM and SIGUSR1 sent to this shell (sbatch --signal=B:USR1@300) to
+# srun, which forwards them to its tasks (srun(1), SIGNALS AND ESCAPE SEQUENCES), and returns 75
+# when the tasks stopped at a checkpoint; srun itself returns the highest exit status of its
+# tasks, or 128 + the signal of a task that a signal ended (srun(1), RETURN VALUE).
+# shellcheck source=tools/dist_launch.sh
+source "$TOOLS/dist_launch.sh"
+status=0
 # shellcheck disable=SC2086  # SRUN_ARGS holds several options
-srun -p "$PARTITION" \
+run_until_stopped srun -p "$PARTITION" \
     --job-name="$JOB_NAME" \
     --gres=gpu:"$GPUS_PER_NODE" \
     --ntasks="$GPUS" \
@@ -30,4 +47,19 @@ srun -p "$PARTITION" \
     --cpus-per-task="$CPUS_PER_TASK" \
     --kill-on-bad-exit=1 \
     $SRUN_ARGS \
-    "$PYTHON" -u "$TOOLS/train.py" "$CONFIG" --work-dir="$WORK_DIR" --launcher=slurm "$@"
+    "$PYTHON" -u "$TOOLS/train.py" "$CONFIG" --work-dir="$WORK_DIR" --launcher=slurm "$@" \
+    || status=$?
+
+if [ "$status" -eq "$EXIT_STOPPED" ]; then
+    job=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null || true)
+    if [[ "$job" =~ (^|[[:space:]])Requeue=1([[:space:]]|$) ]] \
+            && [[ "$job" =~ (^|[[:space:]])BatchFlag=1([[:space:]]|$) ]]; then
+        echo "$(basename "$0"): training stopped at a checkpoint; requeueing job $SLURM_JOB_ID"
+        scontrol requeue "$SLURM_JOB_ID" \
+            || echo "$(basename "$0"): scontrol requeue $SLURM_JOB_ID failed" >&2
+    else
+        echo "$(basename "$0"): training stopped at a checkpoint; run the same command with" \
+            "--resume to continue (in a batch job submitted with --requeue it is requeued)"
+    fi
+fi
+exit "$status"

@@ -9,6 +9,11 @@ Usage::
 The config's ``default_scope`` ('mmdet' or 'mmseg') selects the codebase; its ``runner_type``
 the runner (``convnext_backbone.ResumableRunner`` when it names none). Without CUDA the run
 trains in fp32, and distributed runs use gloo and a CPU DistributedDataParallel.
+
+SIGTERM or SIGUSR1 stops training after the current iteration with a checkpoint of it and exit
+status 75 (``cli.EXIT_STOPPED``). A restarted job (SLURM_RESTART_COUNT or
+TORCHELASTIC_RESTART_COUNT > 0) continues from the work dir's last complete checkpoint by itself
+(docs/cluster.md).
 """
 import argparse
 import os.path as osp
@@ -17,6 +22,7 @@ import torch
 from mmengine.logging import print_log
 
 from convnext_backbone import cli
+from convnext_backbone.engine.preemption import resume_after_restart
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,7 +62,7 @@ def main() -> None:
                      f'{args.config}')
         cfg.auto_scale_lr.enable = True
 
-    if args.resume == 'auto':
+    if args.resume == 'auto' or resume_after_restart(cfg.work_dir):
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, cli.existing_checkpoint(args.resume)

@@ -5,15 +5,20 @@
 - :mod:`.hooks`: :class:`FiniteLossHook`;
 - :mod:`.checkpoint_files`: atomic writes and finding the checkpoint to resume from;
 - :mod:`.preflight`: dataset checks;
-- :mod:`.dist`: distributed runs without CUDA.
+- :mod:`.dist`: distributed runs without CUDA;
+- :mod:`.preemption`: :class:`StopOnSignalHook`, a checkpoint of the current iteration on
+  SIGTERM / SIGUSR1 on every rank;
+- :mod:`.compile_for_test`: :class:`CompileForTestHook`, ``torch.compile`` for val/test.
 """
 from .checkpoint_files import atomic_target, find_resumable_checkpoint
+from .compile_for_test import CompileForTestHook
 from .dist import CPUDistributedDataParallel
 from .hooks import FiniteLossHook, NonFiniteLossError
 from .loops import ResumableEpochBasedTrainLoop
+from .preemption import StopOnSignalHook
 from .preflight import DatasetError
 from .runner import ResumableRunner
 
-__all__ = ['CPUDistributedDataParallel', 'DatasetError', 'FiniteLossHook', 'NonFiniteLossError',
-           'ResumableEpochBasedTrainLoop', 'ResumableRunner', 'atomic_target',
-           'find_resumable_checkpoint']
+__all__ = ['CPUDistributedDataParallel', 'CompileForTestHook', 'DatasetError', 'FiniteLossHook',
+           'NonFiniteLossError', 'ResumableEpochBasedTrainLoop', 'ResumableRunner',
+           'StopOnSignalHook', 'atomic_target', 'find_resumable_checkpoint']

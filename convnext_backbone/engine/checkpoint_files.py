@@ -5,8 +5,8 @@
   (atomic on POSIX and Windows). A crash while saving leaves the previous checkpoint intact and
   never a partial file under a checkpoint name.
 - :func:`find_resumable_checkpoint` is what ``--resume`` without a path continues from: the
-  file named in ``last_checkpoint`` when it is complete, otherwise the newest complete
-  ``epoch_N.pth`` / ``iter_N.pth``.
+  newest complete checkpoint, which is the file named in ``last_checkpoint`` unless that one is
+  missing or cut off, or a kill came between a checkpoint's rename and the pointer's update.
 """
 import contextlib
 import logging
@@ -66,9 +66,11 @@ def _fsync_dir(folder: str) -> None:
 def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     """The checkpoint that ``--resume`` (without a path) should continue from.
 
-    The file named in ``WORK_DIR/last_checkpoint`` when it is complete; otherwise (the pointer is
-    missing, empty or names a missing or cut-off file) the newest complete ``epoch_N.pth`` or
-    ``iter_N.pth`` in the checkpoint's folder or the work dir, with a warning.
+    The newest complete one (by modification time, then iteration) among the file named in
+    ``WORK_DIR/last_checkpoint`` and the ``epoch_N.pth`` / ``iter_N.pth`` files in its folder and
+    the work dir. That is the named file unless it is missing or cut off, or a process was killed
+    after a checkpoint's atomic rename and before ``CheckpointHook`` updated the pointer; either
+    case is logged as a warning.
 
     Args:
         work_dir (str): The run's work dir.
@@ -81,29 +83,41 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     if os.path.isfile(pointer):
         with open(pointer, encoding='utf-8') as f:
             named = f.read().strip()
-    if named and is_complete_checkpoint(named):
-        return named
     folders = [work_dir]
     if named and os.path.dirname(named) not in folders:
         folders.insert(0, os.path.dirname(named))
+    # (mtime, is the named file, step, path): the newest wins, the named file on a tie
     candidates = []
+    if named and is_complete_checkpoint(named):
+        candidates.append((os.path.getmtime(named), True, 0, named))
     for folder in folders:
         if not os.path.isdir(folder):
             continue
         for name in os.listdir(folder):
             match = _CKPT_NAME.match(name)
             path = os.path.join(folder, name)
-            if match and is_complete_checkpoint(path):
-                candidates.append((os.path.getmtime(path), int(match.group(2)), path))
+            if match and not _same_file(path, named) and is_complete_checkpoint(path):
+                candidates.append((os.path.getmtime(path), False, int(match.group(2)), path))
     if not candidates:
         if named:
             print_log(f'last_checkpoint names {named}, which is missing or incomplete, and no '
                       f'other complete checkpoint is in {work_dir}', logger='current',
                       level=logging.WARNING)
         return None
-    found = max(candidates)[2]
-    why = (f'last_checkpoint names {named}, which is missing or incomplete' if named
-           else f'{pointer} is missing or empty')
+    found = max(candidates)[3]
+    if found == named:
+        return found
+    if named and is_complete_checkpoint(named):
+        why = (f'{found} is newer than {named}, which last_checkpoint names (the run was stopped '
+               'between writing the checkpoint and updating the pointer)')
+    elif named:
+        why = f'last_checkpoint names {named}, which is missing or incomplete'
+    else:
+        why = f'{pointer} is missing or empty'
     print_log(f'{why}; resuming from the newest complete checkpoint {found}', logger='current',
               level=logging.WARNING)
     return found
+
+
+def _same_file(path: str, other: str) -> bool:
+    return bool(other) and os.path.abspath(path) == os.path.abspath(other)

@@ -20,7 +20,9 @@ patching of mmengine):
    label values) after it; each problem is one ``DatasetError`` line.
 5. **Non-finite losses stop training** (:class:`.FiniteLossHook`, registered unless the config
    has one).
-6. **Distributed runs without CUDA** start a gloo process group and wrap the model in
+6. **SIGTERM and SIGUSR1 stop training at a checkpoint of the current iteration** on every rank
+   (:class:`.StopOnSignalHook`, registered unless the config has one; :mod:`.preemption`).
+7. **Distributed runs without CUDA** start a gloo process group and wrap the model in
    :class:`.CPUDistributedDataParallel` (:mod:`.dist` says why mmengine cannot).
 
 Exact mid-epoch resume is the train loop's job: ``train_cfg.type =
@@ -33,7 +35,7 @@ import os
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
-from mmengine.dist import master_only
+from mmengine.dist import broadcast_object_list, master_only
 from mmengine.hooks import CheckpointHook
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import Runner
@@ -45,6 +47,7 @@ from . import preflight
 from .checkpoint_files import atomic_target, find_resumable_checkpoint
 from .dist import CPUDistributedDataParallel, init_cpu_process_group, on_rank0
 from .hooks import FiniteLossHook
+from .preemption import StopOnSignalHook
 from .preflight import DatasetError
 
 _SPLITS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -59,8 +62,9 @@ class ResumableRunner(Runner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not any(isinstance(hook, FiniteLossHook) for hook in self.hooks):
-            self.register_hook(FiniteLossHook())
+        for hook_type in (FiniteLossHook, StopOnSignalHook):
+            if not any(isinstance(hook, hook_type) for hook in self.hooks):
+                self.register_hook(hook_type())
         for hook in self.hooks:
             if (isinstance(hook, CheckpointHook) and hook.max_keep_ckpts == 1
                     and self._saves_more_than_once(hook)):
@@ -73,6 +77,20 @@ class ResumableRunner(Runner):
         loop = self._train_loop if isinstance(self._train_loop, dict) else {}
         total = loop.get('max_epochs' if hook.by_epoch else 'max_iters')
         return not isinstance(total, int) or hook.interval < total
+
+    def train(self) -> torch.nn.Module:
+        """``Runner.train``; the signal handlers of :class:`.StopOnSignalHook` are put back
+        however training ends.
+
+        Raises:
+            TrainingStopped: A stop signal ended training after writing a checkpoint.
+        """
+        try:
+            return super().train()
+        finally:
+            for hook in self.hooks:
+                if isinstance(hook, StopOnSignalHook):
+                    hook.restore_handlers()
 
     # -- distributed set-up ----------------------------------------------------------------------
     def setup_env(self, env_cfg: Dict) -> None:
@@ -158,7 +176,10 @@ class ResumableRunner(Runner):
         """``Runner.load_or_resume``; ``resume=True`` without ``load_from`` picks the checkpoint
         with :func:`find_resumable_checkpoint` (skipping a missing or cut-off one)."""
         if not self._has_loaded and self._resume and self._load_from is None:
-            found = find_resumable_checkpoint(self.work_dir)
+            # rank 0 chooses, so that every rank resumes from the same file
+            choice = [find_resumable_checkpoint(self.work_dir) if self.rank == 0 else None]
+            broadcast_object_list(choice)
+            found = choice[0]
             if found is None:
                 self.logger.warning(f'--resume: no checkpoint in {self.work_dir}, so training '
                                     'starts from the beginning')
