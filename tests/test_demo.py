@@ -227,3 +227,18 @@ def test_quick_demo_trains_tests_and_draws_both_tasks(tmp_path):
     assert 'Mask R-CNN: bbox mAP' in run.stdout and 'UperNet: mIoU' in run.stdout
     # the fine-tuning started from the pretraining, through init_cfg=Pretrained
     assert 'layout: official classification' in run.stdout + run.stderr
+    # both trained models exported to ONNX (standard operators only) and evaluated in ONNX
+    # Runtime with the same pipeline and metric: the metrics of PyTorch
+    import onnx
+
+    from convnext_backbone.deploy import custom_domain_ops
+    for task in ('det', 'seg'):
+        assert custom_domain_ops(onnx.load(str(work / task / 'model.onnx'))) == []
+    with open(work / 'det' / 'onnxruntime' / 'test_metrics.json') as f:
+        ort_det = json.load(f)
+    with open(work / 'seg' / 'onnxruntime' / 'test_metrics.json') as f:
+        ort_seg = json.load(f)
+    assert abs(ort_det['coco/bbox_mAP'] - det['coco/bbox_mAP']) <= 0.01
+    assert abs(ort_det['coco/segm_mAP'] - det['coco/segm_mAP']) <= 0.01
+    assert abs(ort_seg['mIoU'] - seg['mIoU']) <= 0.5  # mmseg reports percentages
+    assert 'ONNX Runtime: bbox mAP' in run.stdout and 'ONNX Runtime: mIoU' in run.stdout

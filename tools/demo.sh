@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: generate data -> pretrain the backbone -> train + test Mask R-CNN (COCO bbox/segm mAP)
-# -> train + test UperNet (mIoU), on the CPU, then print where the results and pictures are.
+# -> train + test UperNet (mIoU), on the CPU; each trained model is then exported to ONNX and
+# evaluated again in ONNX Runtime (same pipeline and metric); prints where the results are.
 #
 # Usage (from anywhere; `make demo` installs first, then runs this):
 #   bash tools/demo.sh                 # everything (DEMO=all)
@@ -40,9 +41,12 @@ SEG_CFG=configs/demo/upernet_convnext-demo_lite_shapes.py
 if [ "$QUICK" = 1 ]; then
     DET_CFG=${DET_CFG%.py}_ci.py
     SEG_CFG=${SEG_CFG%.py}_ci.py
-    DATA_ARGS=(--det-train 8 --det-val 4 --det-size 96 --seg-train 8 --seg-val 4 --seg-size 64)
+    DET_SIZE=96 SEG_SIZE=64
+    DATA_ARGS=(--det-train 8 --det-val 4 --det-size $DET_SIZE --seg-train 8 --seg-val 4
+               --seg-size $SEG_SIZE)
     PRETRAIN_ARGS=(--iters 3 --batch-size 8 --crop 32 --warmup 1 --log-interval 1)
 else
+    DET_SIZE=160 SEG_SIZE=160  # tools/make_demo_data.py's defaults
     DATA_ARGS=()
     PRETRAIN_ARGS=()
 fi
@@ -83,6 +87,19 @@ train_and_test() {  # train_and_test NAME CONFIG WORK_DIR CFG_OPTION...: train, 
     "$PYTHON" tools/test.py "$config" "$(last_checkpoint "$work")" --work-dir "$work" \
         --show-dir "$work/vis" --cfg-options "$@"
 }
+export_and_test_onnx() {  # export_and_test_onnx NAME CONFIG WORK_DIR SIZE CFG_OPTION...: export
+    # the last checkpoint to WORK_DIR/model.onnx, evaluate it in ONNX Runtime into
+    # WORK_DIR/onnxruntime; the test stage stays open
+    local name=$1 config=$2 work=$3 size=$4
+    shift 4
+    stage "export $name ONNX"
+    "$PYTHON" tools/export_onnx.py "$config" "$(last_checkpoint "$work")" --out "$work/model.onnx" \
+        --shape "$size" "$size" --cfg-options "$@"
+    done_stage "$work/model.onnx"
+    stage "test $name ONNX"
+    "$PYTHON" tools/test_onnx.py "$config" "$work/model.onnx" --threads "$THREADS" \
+        --work-dir "$work/onnxruntime" --cfg-options "$@"
+}
 metric() {  # metric JSON KEY [SCALE]: a value of test_metrics.json, times SCALE, 3 decimals
     "$PYTHON" -c 'import json, sys; m = json.load(open(sys.argv[1]))
 print(f"{float(m[sys.argv[2]]) * float(sys.argv[3]):.3f}")' "$1" "$2" "${3:-1}"
@@ -113,8 +130,13 @@ if [ "$DEMO" != seg ]; then
     BBOX=$(metric "$DET_WORK/test_metrics.json" coco/bbox_mAP)
     SEGM=$(metric "$DET_WORK/test_metrics.json" coco/segm_mAP)
     done_stage "bbox mAP $BBOX, segm mAP $SEGM"
+    export_and_test_onnx "Mask R-CNN" "$DET_CFG" "$DET_WORK" "$DET_SIZE" "${DET_DATA[@]}"
+    ORT_BBOX=$(metric "$DET_WORK/onnxruntime/test_metrics.json" coco/bbox_mAP)
+    ORT_SEGM=$(metric "$DET_WORK/onnxruntime/test_metrics.json" coco/segm_mAP)
+    done_stage "bbox mAP $ORT_BBOX, segm mAP $ORT_SEGM"
     RESULTS+=("Mask R-CNN: bbox mAP $BBOX, segm mAP $SEGM (target bbox mAP >= 0.5)"
-              "  metrics  $DET_WORK/test_metrics.json"
+              "  ONNX Runtime: bbox mAP $ORT_BBOX, segm mAP $ORT_SEGM ($DET_WORK/model.onnx)"
+              "  metrics  $DET_WORK/test_metrics.json, $DET_WORK/onnxruntime/test_metrics.json"
               "  pictures $DET_WORK/vis/ (boxes and masks on every val image)"
               "  weights  $(last_checkpoint "$DET_WORK")")
 fi
@@ -128,8 +150,12 @@ if [ "$DEMO" != det ]; then
     # mmseg reports percentages
     MIOU=$(metric "$SEG_WORK/test_metrics.json" mIoU 0.01)
     done_stage "mIoU $MIOU"
+    export_and_test_onnx UperNet "$SEG_CFG" "$SEG_WORK" "$SEG_SIZE" "${SEG_DATA[@]}"
+    ORT_MIOU=$(metric "$SEG_WORK/onnxruntime/test_metrics.json" mIoU 0.01)
+    done_stage "mIoU $ORT_MIOU"
     RESULTS+=("UperNet: mIoU $MIOU (target >= 0.6)"
-              "  metrics  $SEG_WORK/test_metrics.json"
+              "  ONNX Runtime: mIoU $ORT_MIOU ($SEG_WORK/model.onnx)"
+              "  metrics  $SEG_WORK/test_metrics.json, $SEG_WORK/onnxruntime/test_metrics.json"
               "  pictures $SEG_WORK/vis/vis_data/vis_image/ (coloured prediction beside ground truth)"
               "  weights  $(last_checkpoint "$SEG_WORK")")
 fi

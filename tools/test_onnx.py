@@ -1,0 +1,58 @@
+"""Evaluate an exported ONNX model with ONNX Runtime (CPU) on the config's test set.
+
+Usage::
+
+    python tools/test_onnx.py CONFIG FILE.onnx [--threads N] [--work-dir DIR]
+        [--cfg-options KEY=VALUE ...]
+
+The same test pipeline, data loader and metric (COCO bbox/segm mAP, mIoU) as ``tools/test.py``
+runs; only the model is the ONNX Runtime session of FILE.onnx (``convnext_backbone.deploy``),
+so the two tools' metrics compare directly. CONFIG is the config the file was exported from.
+Metrics are logged and written to ``<work_dir>/test_metrics.json`` (default work dir:
+``./work_dirs/<config name>/onnxruntime``).
+"""
+import argparse
+import os.path as osp
+
+from mmengine.fileio import dump
+from mmengine.logging import print_log
+
+from convnext_backbone import cli
+from convnext_backbone.deploy.runtime import runtime_model
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Evaluate an exported ONNX model with ONNX Runtime on the test set of the '
+        'config it was exported from (same pipeline and metric as tools/test.py).')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('onnx', help='.onnx file written by tools/export_onnx.py')
+    parser.add_argument('--threads', type=int,
+                        help="ONNX Runtime intra-op threads (default: its own, one per core)")
+    parser.add_argument('--work-dir', help='directory for logs and metrics (default: '
+                        './work_dirs/<config name>/onnxruntime)')
+    cli.add_config_args(parser)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = cli.load_config(args.config, args.cfg_options, work_dir=args.work_dir)
+    if args.work_dir is None:
+        cfg.work_dir = osp.join(cfg.work_dir, 'onnxruntime')
+    if not osp.isfile(args.onnx):
+        cli.fail(f'ONNX file not found: {args.onnx}')
+    try:
+        cfg.model = runtime_model(cfg, args.onnx, args.threads)
+    except ValueError as err:
+        cli.fail(str(err), code=1)
+    cfg.load_from, cfg.resume = None, False
+    with cli.one_line_errors():
+        metrics = cli.build_runner(cfg).test()
+    path = osp.join(cfg.work_dir, 'test_metrics.json')
+    dump(metrics or {}, path, indent=2)  # mmengine's JSON handler writes numpy values as lists
+    print_log(f'Test metrics written to {osp.abspath(path)}', logger='current')
+
+
+if __name__ == '__main__':
+    main()
