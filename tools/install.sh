@@ -9,7 +9,7 @@
 #      (MAX_JOBS parallel compiles, default: the number of cores; about 30 min on 2 cores) and
 #      the wheel is cached in ./.wheels and ${XDG_CACHE_HOME:-~/.cache}/convnext-backbone/wheels;
 #      later runs install the cached wheel;
-#   3. the package itself, editable, with the extras in $EXTRAS (default: dev = all + test).
+#   3. the package itself, editable, with the extras in $EXTRAS (default: dev = all + test + deploy).
 # A second run with nothing to do finishes in seconds (stamp keyed on this script and
 # pyproject.toml).
 set -euo pipefail
