@@ -256,17 +256,26 @@ def residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.
         return _tail(shortcut, linear(mid(linear_gelu(x, w1, b1)), w2, b2), scale)
 
     candidates: Candidates = [('plain', plain), ('onednn', onednn)]
-    if scale is None and shortcut.dtype == dtype:
-        candidates.append(('onednn_add', lambda: op.binary(
-            mid(linear_gelu(x, w1, b1)), shortcut, w2.to(dtype), b2.to(dtype), 'add')))
     rows = x.numel() // x.shape[-1]
     block = block_rows(w1.shape[0], dtype.itemsize)
     if blockable and rows >= 2 * block:
         candidates.append((f'blocked{block}', functools.partial(
             blocked_residual_mlp, x, w1, b1, w2, b2, shortcut, scale, block)))
-    key = ('residual_mlp', x.shape[-1], w1.shape[0], dtype, shortcut.dtype, scale is None,
+    # One decision for the tail with or without layer scale (the same cost either way): a
+    # fused model runs what the unfused one chose, not the result of a second, noisy probe.
+    key = ('residual_mlp', x.shape[-1], w1.shape[0], dtype, shortcut.dtype, 'any tail',
            len(mid_params), rows.bit_length(), torch.get_num_threads())
-    return tuning.choose(key, candidates)[1]
+    if not (scale is None and shortcut.dtype == dtype):
+        return tuning.choose(key, candidates)[1]
+    chosen = tuning.decided(key)
+    if chosen is None:  # first call of this class: decide the shared candidates first
+        return tuning.choose(key, candidates)[1]
+    # Folded (fuse()): the residual add inside the second product, against that choice only,
+    # which stays unless the add is faster by tuning.MARGIN.
+    add = ('onednn_add', lambda: op.binary(mid(linear_gelu(x, w1, b1)), shortcut,
+                                           w2.to(dtype), b2.to(dtype), 'add'))
+    return tuning.choose(key[:5] + ('folded',) + key[6:],
+                         [(chosen, dict(candidates)[chosen]), add])[1]
 
 
 class _MLP(torch.autograd.Function):

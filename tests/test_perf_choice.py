@@ -82,6 +82,30 @@ def test_a_faster_candidate_is_kept_and_a_slow_drift_makes_it_probe_again(monkey
     assert tuning.decided(key) is None                 # the next call times them again
 
 
+@pytest.mark.parametrize('unfused_first', [True, False])
+def test_a_fused_tail_keeps_the_unfused_choice_unless_the_residual_add_is_faster(
+        monkeypatch, unfused_first):
+    if not ops.mkldnn_linear_available(torch.float32):
+        pytest.skip('no oneDNN: only the plain ops exist here')
+    monkeypatch.setattr(ops, 'block_rows', lambda *args, **kwargs: 16)
+    monkeypatch.setattr(ops.F, 'linear', _slowed(F.linear, []))  # plain is the slow one
+    x, params, shortcut, scale = _inputs()
+    calls = [scale, None, None] if unfused_first else [None, None]
+    with torch.no_grad():
+        outs = [ops.residual_mlp(x, *params, shortcut, s) for s in calls]
+    decided = tuning.decisions()
+    shared = next(k for k in decided if k[5] == 'any tail')
+    folded = next(k for k in decided if k[5] == 'folded')
+    assert len(decided) == 2   # one probe of the shared candidates, whichever model came first
+    assert set(decided[shared][1]) == {'plain', 'onednn', 'blocked16'}
+    # the fused model times only the residual add against what was chosen for both
+    assert set(decided[folded][1]) == {decided[shared][0], 'onednn_add'}
+    expected = _expected(x, params, shortcut, torch.ones_like(scale))
+    for got, s in zip(outs, calls):
+        want = _expected(x, params, shortcut, scale) if s is not None else expected
+        assert (got - want).norm() / want.norm() < 1e-5
+
+
 def test_the_plain_policy_runs_no_fast_path(monkeypatch):
     calls = []
     monkeypatch.setattr(ops, 'linear_gelu', _slowed(ops.linear_gelu, calls))

@@ -15,7 +15,8 @@ Usage::
 
 How it measures:
 
-- Every candidate runs once per round, candidates interleaved, for ``--warmup`` rounds that are
+- Every candidate runs once per round, candidates interleaved (each round starting one candidate
+  later, so each runs in every position alike), for ``--warmup`` rounds that are
   thrown away and ``--repeat`` timed rounds; the table shows the median wall time of each, the
   best one (the least disturbed by other processes) and images/s from the median. Interleaving
   spreads the noise of a shared machine over all candidates alike.
@@ -140,12 +141,18 @@ def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
 # -- measuring ------------------------------------------------------------------------------------
 def interleaved(fns: Dict[Any, Callable[[], object]], warmup: int,
                 repeat: int) -> Tuple[Dict[Any, float], Dict[Any, float]]:
-    """Median and best wall time in seconds of each function, run in interleaved rounds."""
+    """Median and best wall time in seconds of each function, run in interleaved rounds.
+
+    Each round starts one function later than the one before, so that every function runs in
+    every position of a round equally often (whatever the one before it leaves behind, e.g.
+    freed memory to fault in again, is spread over all of them)."""
     times: Dict[Any, List[float]] = {name: [] for name in fns}
+    names = list(fns)
     for round_ in range(warmup + repeat):
-        for name, fn in fns.items():
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            fn()
+            fns[name]()
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
     return ({name: statistics.median(ts) for name, ts in times.items()},
@@ -213,7 +220,7 @@ def print_decisions() -> None:
     def variant(key: tuple) -> str:
         if key[0] != 'residual_mlp':
             return 'training' + (', input grad' if key[4] else '')
-        return (('folded' if key[5] else 'gamma') + f', residual {dtype_name(key[4])}'
+        return (f'{key[5]}, residual {dtype_name(key[4])}'
                 + (', GRN' if key[6] else ''))
 
     def dtype_name(dtype: torch.dtype) -> str:
