@@ -137,12 +137,14 @@ def user_errors() -> tuple:
 def one_line_errors() -> Iterator[None]:
     """Turn :func:`user_errors` raised inside into ``fail(message, code=1)``, and a stop on a
     signal (``TrainingStopped``, its checkpoint written) into exit status :data:`EXIT_STOPPED`."""
+    from .engine.dist import close_process_group
     from .engine.preemption import TrainingStopped
     try:
         yield
     except user_errors() as err:
         fail(str(err), code=1)
-    except TrainingStopped:
+    except TrainingStopped:  # every rank stops at the same iteration
+        close_process_group()
         sys.exit(EXIT_STOPPED)
 
 

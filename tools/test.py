@@ -18,6 +18,7 @@ from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 
 from convnext_backbone import cli
+from convnext_backbone.engine.dist import close_process_group
 
 # mmdet's default flip TTA, as mmdet's tools/test.py builds it for configs without tta_model.
 DET_TTA_MODEL = dict(type='DetTTAModel',
@@ -130,6 +131,7 @@ def main() -> None:
             json.dump({k: v.tolist() if hasattr(v, 'tolist') else v
                        for k, v in (metrics or {}).items()}, f, indent=2)
         print_log(f'Test metrics written to {osp.abspath(path)}', logger='current')
+    close_process_group()
 
 
 if __name__ == '__main__':

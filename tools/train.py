@@ -22,6 +22,7 @@ import torch
 from mmengine.logging import print_log
 
 from convnext_backbone import cli
+from convnext_backbone.engine.dist import close_process_group
 from convnext_backbone.engine.preemption import resume_after_restart
 
 
@@ -69,6 +70,7 @@ def main() -> None:
 
     with cli.one_line_errors():
         cli.build_runner(cfg).train()
+    close_process_group()
     print_log(f'Training done: checkpoints and logs are in {osp.abspath(cfg.work_dir)}',
               logger='current')
 

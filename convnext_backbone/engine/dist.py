@@ -80,6 +80,23 @@ def init_cpu_process_group(launcher: str, dist_cfg: dict) -> None:
                                   world_size=int(os.environ['WORLD_SIZE']), **kwargs)
 
 
+def close_process_group() -> None:
+    """End a distributed run that every rank finished alike: a barrier, then
+    ``destroy_process_group`` (nothing without a process group).
+
+    Note:
+        mmengine never destroys the process group; torch then tears gloo's threads down at
+        interpreter exit in no fixed order. In 2-process CPU runs here one rank aborted that way
+        ("terminate called without an active exception", SIGABRT) after its training had
+        finished and saved, so torchrun reported a complete run as failed. Call it only where
+        all ranks arrive (the end of training or testing, a stop on a signal), never after an
+        error on one rank: the barrier would wait for the others.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
+
+
 def on_rank0(check: Callable[[], None], error: type) -> None:
     """Run ``check`` on rank 0 only; if it fails, every rank fails with its message.
 
