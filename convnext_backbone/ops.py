@@ -19,15 +19,16 @@ is slower than the plain ops. Under tracing, ``torch.compile`` or ONNX export on
 run (:func:`plain_only`).
 """
 import functools
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from . import machine, tuning
 
-__all__ = ['block_rows', 'blocked_mlp', 'blocked_residual_mlp', 'linear', 'linear_add',
-           'linear_gelu', 'mkldnn_linear_available', 'mlp', 'plain_only', 'residual_mlp']
+__all__ = ['block_rows', 'blocked_mlp', 'blocked_residual_mlp', 'inference_candidates', 'linear',
+           'linear_add', 'linear_gelu', 'mkldnn_linear_available', 'mlp', 'plain_only',
+           'residual_mlp']
 
 Candidates = List[Tuple[str, Callable[[], object]]]
 
@@ -88,8 +89,13 @@ def _fused_dtype(x: torch.Tensor, *params: Optional[torch.Tensor]) -> Optional[t
     tensors = [t for t in (x, *params) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
-    dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
+    dtype = _compute_dtype(x)
     return dtype if mkldnn_linear_available(dtype) else None
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the products run in: CPU autocast's, else ``x``'s."""
+    return torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -198,7 +204,7 @@ def blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2
     if rows < 1:
         raise ValueError(f'rows={rows!r} must be a positive int')
     op = torch.ops.mkldnn._linear_pointwise
-    dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
+    dtype = _compute_dtype(x)
     w1, b1, w2, b2 = (t.to(dtype) for t in (w1, b1, w2, b2))
     x2 = x.to(dtype).reshape(-1, x.shape[-1])
     res = shortcut.reshape(-1, shortcut.shape[-1])
@@ -213,6 +219,41 @@ def blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2
     return out.view(shortcut.shape)
 
 
+def inference_candidates(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+                         w2: torch.Tensor, b2: torch.Tensor, shortcut: torch.Tensor,
+                         scale: Optional[torch.Tensor] = None,
+                         mid: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+                         ) -> Candidates:
+    """The interchangeable ways to compute ``shortcut + scale * fc2(mid(gelu(fc1(x))))`` without
+    autograd, plain ops first: ``plain``, ``onednn`` (oneDNN products) and, with ``mid`` None
+    and at least two blocks of :func:`block_rows` rows, ``blocked<rows>``
+    (:func:`blocked_residual_mlp`). The residual add inside the second product
+    (``onednn_add``) is :func:`residual_mlp`'s own, for a folded tail.
+
+    Args:
+        x, w1, b1, w2, b2, shortcut, scale, mid: As :func:`residual_mlp`; x and shortcut
+            contiguous, oneDNN available for the compute dtype.
+
+    Returns:
+        list[tuple[str, Callable[[], torch.Tensor]]]: ``(name, fn)`` pairs.
+    """
+    blockable, mid = mid is None, mid or (lambda h: h)
+
+    def plain() -> torch.Tensor:
+        return _tail(shortcut, F.linear(mid(F.gelu(F.linear(x, w1, b1))), w2, b2), scale)
+
+    def onednn() -> torch.Tensor:
+        return _tail(shortcut, linear(mid(linear_gelu(x, w1, b1)), w2, b2), scale)
+
+    candidates: Candidates = [('plain', plain), ('onednn', onednn)]
+    rows = x.numel() // x.shape[-1]
+    block = block_rows(w1.shape[0], _compute_dtype(x).itemsize)
+    if blockable and rows >= 2 * block:
+        candidates.append((f'blocked{block}', functools.partial(
+            blocked_residual_mlp, x, w1, b1, w2, b2, shortcut, scale, block)))
+    return candidates
+
+
 def residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                  b2: torch.Tensor, shortcut: torch.Tensor, scale: Optional[torch.Tensor] = None,
                  mid: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
@@ -221,9 +262,9 @@ def residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.
 
     With gradients (or on GPU, float64, tracing): :func:`mlp` and a one-pass tail, autograd
     correct. Without: the candidate chosen for this shape class by timing (``tuning.choose``):
-    the plain ops, oneDNN products, oneDNN with the residual add in the product (``scale`` None
-    and ``shortcut`` in the compute dtype), or :func:`blocked_residual_mlp` (``mid`` None and at
-    least two blocks of :func:`block_rows` rows).
+    one of :func:`inference_candidates`, or, for a folded tail (``scale`` None and
+    ``shortcut`` in the compute dtype), oneDNN with the residual add in the product
+    (:func:`linear_add`) where it beats that choice.
 
     Args:
         x (torch.Tensor): (..., C), the normed block input.
@@ -246,23 +287,10 @@ def residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.
         else:
             y = F.linear(mid(F.gelu(F.linear(x, w1, b1))), w2, b2)
         return _tail(shortcut, y, scale)
-    op = torch.ops.mkldnn._linear_pointwise
-    blockable, mid = mid is None, mid or (lambda h: h)
-
-    def plain() -> torch.Tensor:
-        return _tail(shortcut, F.linear(mid(F.gelu(F.linear(x, w1, b1))), w2, b2), scale)
-
-    def onednn() -> torch.Tensor:
-        return _tail(shortcut, linear(mid(linear_gelu(x, w1, b1)), w2, b2), scale)
-
-    candidates: Candidates = [('plain', plain), ('onednn', onednn)]
-    rows = x.numel() // x.shape[-1]
-    block = block_rows(w1.shape[0], dtype.itemsize)
-    if blockable and rows >= 2 * block:
-        candidates.append((f'blocked{block}', functools.partial(
-            blocked_residual_mlp, x, w1, b1, w2, b2, shortcut, scale, block)))
+    candidates = inference_candidates(x, w1, b1, w2, b2, shortcut, scale, mid)
     # One decision for the tail with or without layer scale (the same cost either way): a
     # fused model runs what the unfused one chose, not the result of a second, noisy probe.
+    rows = x.numel() // x.shape[-1]
     key = ('residual_mlp', x.shape[-1], w1.shape[0], dtype, shortcut.dtype, 'any tail',
            len(mid_params), rows.bit_length(), torch.get_num_threads())
     if not (scale is None and shortcut.dtype == dtype):
@@ -272,8 +300,8 @@ def residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.
         return tuning.choose(key, candidates)[1]
     # Folded (fuse()): the residual add inside the second product, against that choice only,
     # which stays unless the add is faster by tuning.MARGIN.
-    add = ('onednn_add', lambda: op.binary(mid(linear_gelu(x, w1, b1)), shortcut,
-                                           w2.to(dtype), b2.to(dtype), 'add'))
+    hidden = mid or (lambda h: h)
+    add = ('onednn_add', lambda: linear_add(hidden(linear_gelu(x, w1, b1)), w2, b2, shortcut))
     return tuning.choose(key[:5] + ('folded',) + key[6:],
                          [(chosen, dict(candidates)[chosen]), add])[1]
 
@@ -378,6 +406,11 @@ def _onednn_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
                                                                        w2.shape[0])
 
 
+#: The training MLPs besides the blocked one (whose rows depend on the shape).
+_TRAINING_MLPS: Dict[str, Callable[..., torch.Tensor]] = {'plain': _plain_mlp,
+                                                         'onednn': _onednn_mlp}
+
+
 def _training_choice(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str:
     """The training MLP to run for x's shape class: timed forward + backward on detached copies
     the first time (the weights' gradients are not touched)."""
@@ -388,7 +421,7 @@ def _training_choice(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str:
     if name is not None:
         return name
     block = block_rows(params[0].shape[0], x.element_size())
-    fns = _training_mlps()
+    fns = dict(_TRAINING_MLPS)
     if rows >= 2 * block:
         fns[f'blocked{block}'] = functools.partial(blocked_mlp, rows=block)
 
@@ -403,10 +436,6 @@ def _training_choice(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str:
         return run
 
     return tuning.choose(key, [(n, timed(fn)) for n, fn in fns.items()])[0]
-
-
-def _training_mlps() -> dict:
-    return {'plain': _plain_mlp, 'onednn': _onednn_mlp}
 
 
 def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
@@ -436,4 +465,4 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
     name = _training_choice(x, params)
     if name.startswith('blocked'):
         return blocked_mlp(x, *params, rows=int(name[len('blocked'):]))
-    return _training_mlps()[name](x, *params)
+    return _TRAINING_MLPS[name](x, *params)

@@ -296,25 +296,6 @@ def bench_inference(args: argparse.Namespace) -> bool:
     return ok
 
 
-def mlp_candidates(x: torch.Tensor, params: Sequence[torch.Tensor], shortcut: torch.Tensor,
-                   gamma: torch.Tensor, rows: int) -> Dict[str, Callable[[], torch.Tensor]]:
-    """The inference candidates of ``ops.residual_mlp`` for one input, as timed functions."""
-    from convnext_backbone import ops
-
-    def plain() -> torch.Tensor:
-        with tuning.use_policy('plain'):
-            return ops.residual_mlp(x, *params, shortcut, gamma)
-
-    def onednn() -> torch.Tensor:
-        hidden = ops.linear_gelu(x, params[0], params[1])
-        return torch.addcmul(shortcut, ops.linear(hidden, params[2], params[3]), gamma)
-
-    def blocked() -> torch.Tensor:
-        return ops.blocked_residual_mlp(x, *params, shortcut, gamma, rows)
-
-    return {'plain ops': plain, 'onednn': onednn, f'blocked {rows} rows': blocked}
-
-
 def bench_mlp(args: argparse.Namespace) -> bool:
     """Each stage's block MLP + tail (``shortcut + gamma * fc2(gelu(fc1(x)))``) at the stage's
     size for ``--shape``, by every inference candidate of ``ops.residual_mlp``, interleaved."""
@@ -327,9 +308,9 @@ def bench_mlp(args: argparse.Namespace) -> bool:
         x, shortcut = torch.randn(args.batch, h, w, dim), torch.randn(args.batch, h, w, dim)
         linear1, linear2 = model.stages[i][0].pwconv1, model.stages[i][0].pwconv2
         params = (linear1.weight, linear1.bias, linear2.weight, linear2.bias)
-        fns = mlp_candidates(x, params, shortcut, torch.rand(dim), ops.block_rows(4 * dim, 4))
+        fns = dict(ops.inference_candidates(x, *params, shortcut, torch.rand(dim)))
         with torch.no_grad():
-            ref = fns['plain ops']()
+            ref = fns['plain']()
             errors = {n: ((fn() - ref).norm() / ref.norm()).item() for n, fn in fns.items()}
             medians, best = interleaved(fns, args.warmup, args.repeat)
         ok = ok and max(errors.values()) < 1e-5

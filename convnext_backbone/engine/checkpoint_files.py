@@ -88,7 +88,8 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
         folders.insert(0, os.path.dirname(named))
     # (mtime, is the named file, step, path): the newest wins, the named file on a tie
     candidates = []
-    if named and is_complete_checkpoint(named):
+    named_complete = bool(named) and is_complete_checkpoint(named)
+    if named_complete:
         candidates.append((os.path.getmtime(named), True, 0, named))
     for folder in folders:
         if not os.path.isdir(folder):
@@ -107,7 +108,7 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     found = max(candidates)[3]
     if found == named:
         return found
-    if named and is_complete_checkpoint(named):
+    if named_complete:
         why = (f'{found} is newer than {named}, which last_checkpoint names (the run was stopped '
                'between writing the checkpoint and updating the pointer)')
     elif named:

@@ -182,7 +182,7 @@ class StopOnSignalHook(Hook):
         raise stopped
 
     def _save(self, runner: Runner) -> str:
-        hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
+        hook = _checkpoint_hook(runner)
         out_dir = hook.out_dir if hook is not None else runner.work_dir
         filename = f'iter_{runner.iter + 1}.pth'
         if hook is not None:
@@ -208,10 +208,15 @@ class StopOnSignalHook(Hook):
         if not stop or not last or last == stop:
             return
         runner.message_hub.update_info('stop_ckpt', None)
-        hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
+        hook = _checkpoint_hook(runner)
         if is_main_process() and hook is not None and hook.file_backend.isfile(stop):
             hook.file_backend.remove(stop)
             runner.logger.info(f'Removed {stop} (written on a stop signal), replaced by {last}')
+
+
+def _checkpoint_hook(runner: Runner) -> Optional[CheckpointHook]:
+    """The runner's ``CheckpointHook``, or None."""
+    return next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
 
 
 def _write_report(text: str) -> None:
