@@ -24,7 +24,7 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import machine, ops
+from . import compat, machine, ops
 from .archs import ARCH_SETTINGS, resolve_arch
 from .checkpoint import load_pretrained
 from .layer_decay import check_decay_type
@@ -100,7 +100,7 @@ class Block(nn.Module):
             # gamma or autocast needs its float32 to keep the residual stream in float32.
             folded = self._fused() and (self.gamma is None or not (
                 (torch.is_grad_enabled() and self.gamma.requires_grad)
-                or torch.is_autocast_enabled(shortcut.device.type)))
+                or compat.autocast_enabled(shortcut.device.type)))
             grn_params = tuple(self.grn.parameters()) if self.grn is not None else ()
             # shortcut + gamma * pwconv2(grn(gelu(pwconv1(x)))), by the fastest way on this CPU
             # (plain ops, oneDNN products, cache-blocked: see ops.residual_mlp).
@@ -227,8 +227,8 @@ class ConvNeXt(BaseModule):
             raise ValueError(f'input {x.shape[-2]}x{x.shape[-1]} is too small: ConvNeXt '
                              'downsamples by 32, so H and W must be at least 32')
         if (not ops.plain_only() and x.device.type == 'cpu'
-                and torch.bfloat16 in (x.dtype, torch.get_autocast_dtype('cpu')
-                                       if torch.is_autocast_enabled('cpu') else None)):
+                and torch.bfloat16 in (x.dtype, compat.autocast_dtype('cpu')
+                                       if compat.autocast_enabled('cpu') else None)):
             machine.warn_bf16_without_native_support()  # once per process, where bf16 is slow
         outs = []
         for i in range(4):

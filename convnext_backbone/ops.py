@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import machine, tuning
+from . import compat, machine, tuning
 
 __all__ = ['block_rows', 'blocked_mlp', 'blocked_residual_mlp', 'inference_candidates', 'linear',
            'linear_add', 'linear_gelu', 'mkldnn_linear_available', 'mlp', 'plain_only',
@@ -37,8 +37,8 @@ def plain_only() -> bool:
     """Whether only plain PyTorch ops may run: under ``torch.jit`` tracing (e.g. FLOP counters),
     ``torch.compile`` (inductor fuses on its own), ``torch.export`` or ONNX export (no private
     ops in the graph)."""
-    return (torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+    return (torch.jit.is_tracing() or compat.is_compiling()
+            or compat.is_exporting() or torch.onnx.is_in_onnx_export())
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,7 +95,7 @@ def _fused_dtype(x: torch.Tensor, *params: Optional[torch.Tensor]) -> Optional[t
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the products run in: CPU autocast's, else ``x``'s."""
-    return torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
+    return compat.autocast_dtype('cpu') if compat.autocast_enabled('cpu') else x.dtype
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -458,7 +458,7 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
     params = (w1, b1, w2, b2)
     if _fused_dtype(x, *params) is not None:
         return linear(linear_gelu(x, w1, b1), w2, b2)
-    if (x.device.type != 'cpu' or plain_only() or torch.is_autocast_enabled('cpu')
+    if (x.device.type != 'cpu' or plain_only() or compat.autocast_enabled('cpu')
             or any(t.dtype != torch.float32 for t in (x, *params))
             or not mkldnn_linear_available(torch.float32) or not x.is_contiguous()):
         return _plain_mlp(x, *params)
