@@ -73,13 +73,14 @@ class Block(nn.Module):
         drop_path (float): Stochastic depth rate of this block. Defaults to 0.
         layer_scale_init_value (float): Initial layer scale; 0 disables it. Defaults to 1e-6.
         use_grn (bool): Add GRN after GELU (V2). Defaults to False.
+        norm_eps (float): eps of the LayerNorm. Defaults to 1e-6.
     """
 
     def __init__(self, dim: int, drop_path: float = 0., layer_scale_init_value: float = 1e-6,
-                 use_grn: bool = False) -> None:
+                 use_grn: bool = False, norm_eps: float = LN_EPS) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
         self.grn = GRN(4 * dim) if use_grn else None
