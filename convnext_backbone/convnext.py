@@ -10,21 +10,21 @@ Note:
     runs on a channels-last view, LayerNorm and the pointwise Linear layers work on the last
     dimension, so no block copies its input between layouts. The official code permutes twice per
     block. Only the emitted outputs are copied once to NCHW memory, as mmcv's ops expect. On the
-    CPU the block's MLP and its tail (layer scale, residual add) run by whichever of the plain
-    ops, oneDNN products with the bias and GELU inside, or a cache-blocked MLP is fastest on the
-    machine, decided once per process and shape class (``ops.py``, ``tuning.py``).
-    :meth:`ConvNeXt.fuse` folds layer scale into pwconv2 for inference. Numerics are the
-    official ones up to float rounding (docs/performance.md). bf16 autocast on a CPU without
-    native bf16 warns once (``machine.py``).
+    CPU the block's MLP and its tail (layer scale, residual add) may run as one fast kernel where
+    :meth:`Block.why_not_fast_path` proves it computes the same function; which kernel is
+    decided once per process and shape class, or pinned from a file (``ops.py``, ``tuning.py``).
+    Numerics are the official ones up to float rounding (docs/performance.md). bf16 autocast on
+    a CPU without native bf16 warns once (``machine.py``).
 """
 from typing import Optional, Sequence, Set, Tuple, Union
 
 import torch
 from mmengine.model import BaseModule
 from torch import nn
+from torch.nn.modules import module as module_hooks
 from torch.utils.checkpoint import checkpoint
 
-from . import compat, machine, ops
+from . import compat, machine, ops, tuning
 from .archs import ARCH_SETTINGS, resolve_arch
 from .checkpoint import load_pretrained
 from .layer_decay import check_decay_type
@@ -74,6 +74,17 @@ class Block(nn.Module):
         layer_scale_init_value (float): Initial layer scale; 0 disables it. Defaults to 1e-6.
         use_grn (bool): Add GRN after GELU (V2). Defaults to False.
         norm_eps (float): eps of the LayerNorm. Defaults to 1e-6.
+
+    Note:
+        On the CPU the part from pwconv1 to the residual add may run as one fast kernel (oneDNN
+        products with the bias, GELU or residual add inside, or a cache-blocked MLP; ``ops.py``)
+        instead of the modules one by one. It is taken only when :meth:`why_not_fast_path`
+        proves it computes the same function: pwconv1/pwconv2 exactly ``nn.Linear`` with bias
+        and act exactly ``nn.GELU()`` (no subclass, wrapper, swap or quantized module), no
+        hooks on them nor global module hooks, no tensor subclass, no deterministic mode
+        (``torch.use_deterministic_algorithms``), not under tracing, compile or export, and a
+        dtype oneDNN computes. Otherwise the modules run as written. This is the pattern of
+        ``torch.nn.TransformerEncoderLayer``'s fast path (``torch/nn/modules/transformer.py``).
     """
 
     def __init__(self, dim: int, drop_path: float = 0., layer_scale_init_value: float = 1e-6,
@@ -88,54 +99,115 @@ class Block(nn.Module):
         self.gamma = (nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
                       if layer_scale_init_value > 0 else None)
         self.drop_path = drop_path
-        self._fused_versions: Optional[Tuple[int, ...]] = None  # set by fuse()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x                                                  # (N, H, W, C)
         # A channels-last view of x: the conv reads and writes NHWC memory, no copy.
         x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)    # (N, H, W, C)
         x = self.norm(x)
+        if not self.why_not_fast_path(x):
+            return self._fast_tail(x, shortcut)                       # the same function
+        x = self.pwconv1(x)                                           # (N, H, W, 4C)
+        x = self.act(x)
+        if self.grn is not None:
+            x = self.grn(x)
+        x = self.pwconv2(x)                                           # (N, H, W, C)
+        return layer_scale_drop_path_add(shortcut, x, self.gamma, self._drop_prob())
+
+    def why_not_fast_path(self, x: torch.Tensor) -> str:
+        """Why the modules after ``norm`` run one by one for input ``x`` ('' when the fast
+        kernel computes the same function and runs instead).
+
+        Args:
+            x (torch.Tensor): The normed input of pwconv1, (N, H, W, C).
+
+        Returns:
+            str: The first condition that fails, or ''.
+        """
+        linears = {'pwconv1': self.pwconv1, 'pwconv2': self.pwconv2}
+        if ops.plain_only():
+            return 'tracing, compiling or exporting'
+        if torch.are_deterministic_algorithms_enabled():
+            return 'deterministic algorithms are on (torch.use_deterministic_algorithms)'
+        if tuning.policy() == 'plain':
+            return 'CONVNEXT_FAST_PATHS=plain'
+        if x.device.type != 'cpu':
+            return f'the input is on {x.device.type}, not the CPU'
+        for name, module in linears.items():
+            if type(module) is not nn.Linear:
+                return f'{name} is a {type(module).__name__}, not an nn.Linear'
+            if module.bias is None:
+                return f'{name} has no bias'
+        if type(self.act) is not nn.GELU or self.act.approximate != 'none':
+            return f'act is {self.act!r}, not nn.GELU()'
+        for name, module in (*linears.items(), ('act', self.act)):
+            if _has_hooks(module):
+                return f'{name} has hooks'
+        if _global_module_hooks():
+            return 'global module hooks are registered (torch.nn.modules.module)'
+        params = [p for m in linears.values() for p in (m.weight, m.bias)]
+        if torch.overrides.has_torch_function([x, *params]):
+            return 'an input or weight is a tensor subclass'
+        dtype = compat.autocast_dtype('cpu') if compat.autocast_enabled('cpu') else x.dtype
+        if not ops.mkldnn_linear_available(dtype):
+            return f'oneDNN has no {dtype} kernels here'
+        with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))
+        if with_grad and dtype != torch.float32:
+            return 'gradients under autocast: no training kernel'
+        if self.grn is not None and (with_grad or self._drop_prob() > 0):
+            return 'GRN with gradients or drop path: no training kernel'
+        return ''
+
+    def _fast_tail(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """pwconv1 -> act [-> grn] -> pwconv2 -> layer scale -> drop path -> + shortcut by the
+        kernel that ``ops`` decided for this shape class (see :meth:`why_not_fast_path`)."""
         weights = (self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias)
-        if not (self.training and self.drop_path > 0):
-            # Layer scale folded into pwconv2 by fuse() (gamma holds 1), unless a gradient needs
-            # gamma or autocast needs its float32 to keep the residual stream in float32.
-            folded = self._fused() and (self.gamma is None or not (
-                (torch.is_grad_enabled() and self.gamma.requires_grad)
-                or compat.autocast_enabled(shortcut.device.type)))
-            grn_params = tuple(self.grn.parameters()) if self.grn is not None else ()
-            # shortcut + gamma * pwconv2(grn(gelu(pwconv1(x)))), by the fastest way on this CPU
-            # (plain ops, oneDNN products, cache-blocked: see ops.residual_mlp).
-            return ops.residual_mlp(x, *weights, shortcut, None if folded else self.gamma,
-                                    mid=self.grn, mid_params=grn_params)
-        if self.grn is None:
-            x = ops.mlp(x, *weights)                                   # (N, H, W, C)
-        else:
-            x = self.pwconv2(self.grn(self.act(self.pwconv1(x))))     # (N, H, W, C)
-        keep = 1 - self.drop_path
+        drop_prob = self._drop_prob()
+        if drop_prob > 0 or (torch.is_grad_enabled() and any(
+                t.requires_grad for t in (x, *weights))):
+            return layer_scale_drop_path_add(shortcut, ops.mlp(x, *weights), self.gamma,
+                                             drop_prob)
+        return ops.residual_mlp(x, *weights, shortcut, self.gamma, mid=self.grn)
+
+    def _drop_prob(self) -> float:
+        return self.drop_path if self.training else 0.
+
+
+def layer_scale_drop_path_add(shortcut: torch.Tensor, x: torch.Tensor,
+                              gamma: Optional[torch.Tensor], drop_prob: float) -> torch.Tensor:
+    """``shortcut + drop_path(gamma * x)`` in one pass over x.
+
+    Drop path (stochastic depth) zeroes the branch of a whole sample with probability
+    ``drop_prob`` and scales the kept ones by ``1 / (1 - drop_prob)``.
+
+    Args:
+        shortcut (torch.Tensor): (N, H, W, C), the block input.
+        x (torch.Tensor): (N, H, W, C), the branch (pwconv2's output).
+        gamma (torch.Tensor, optional): (C,), the layer scale; None for none.
+        drop_prob (float): Drop path probability; 0 in eval mode.
+
+    Returns:
+        torch.Tensor: (N, H, W, C).
+    """
+    scale = gamma
+    if drop_prob > 0:
+        keep = 1 - drop_prob
         mask = shortcut.new_empty(x.shape[0], 1, 1, 1).bernoulli_(keep).div_(keep)
-        scale = mask if self.gamma is None else self.gamma * mask     # (N, 1, 1, C)
-        # Layer scale, drop path and the residual add in one pass: shortcut + x * scale.
-        return torch.addcmul(shortcut, x, scale)
+        scale = mask if gamma is None else gamma * mask               # (N, 1, 1, C)
+    return shortcut + x if scale is None else torch.addcmul(shortcut, x, scale)
 
-    def fuse(self) -> None:
-        """Fold layer scale into pwconv2 (gamma becomes 1) and switch to fused kernels."""
-        with torch.no_grad():
-            if self.gamma is not None:
-                self.pwconv2.weight.mul_(self.gamma[:, None])
-                self.pwconv2.bias.mul_(self.gamma)
-                self.gamma.fill_(1.)
-        self._fused_versions = self._versions()
 
-    def _versions(self) -> Tuple[int, ...]:
-        params = (self.gamma, self.pwconv2.weight, self.pwconv2.bias)
-        return tuple(p._version for p in params if p is not None)
+def _has_hooks(module: nn.Module) -> bool:
+    return any(getattr(module, name, None) for name in _HOOK_TABLES)
 
-    def _fused(self) -> bool:
-        # Fused only while the folded parameters are untouched: loading a state dict or an
-        # optimizer step after fuse() bumps their versions and brings back the plain path,
-        # which applies whatever gamma holds.
-        return (self._fused_versions is not None and not ops.plain_only()
-                and self._fused_versions == self._versions())
+
+def _global_module_hooks() -> bool:
+    return any(getattr(module_hooks, name, None) for name in _GLOBAL_HOOK_TABLES)
+
+
+# The hook tables of torch.nn.Module (torch/nn/modules/module.py), per module and global.
+_HOOK_TABLES = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks')
+_GLOBAL_HOOK_TABLES = tuple(f'_global{name}' for name in _HOOK_TABLES)
 
 
 @MODELS.register_module()
@@ -264,28 +336,6 @@ class ConvNeXt(BaseModule):
         """Set train/eval mode; frozen stages stay in eval mode. Returns self."""
         super().train(mode)
         self._freeze_stages()
-        return self
-
-    # -- inference ---------------------------------------------------------------------------
-    def fuse(self) -> 'ConvNeXt':
-        """Prepare for fast inference: fold each block's layer scale into its pwconv2 and switch
-        the blocks to fused kernels (Linear + GELU and Linear + residual add in one oneDNN op,
-        see ``convnext_backbone.ops``). Returns self.
-
-        Outputs change only by float rounding. Parameter names stay the same and the state dict
-        still describes the same function (gamma holds 1, pwconv2 the folded weights), so it
-        loads into an unfused model unchanged. The fused kernels run only where no gradient is
-        needed (``torch.no_grad()``) on CPU; elsewhere the blocks run the plain ops. Loading new
-        weights or an optimizer step after ``fuse()`` brings back the plain path with the
-        gamma multiply, so results stay correct; call ``fuse()`` again to fold the new weights.
-
-        Note:
-            Not in the official code: a deploy step for inference, e.g. after loading a
-            checkpoint for testing (``tools/benchmark.py`` uses it).
-        """
-        for stage in self.stages:
-            for block in stage:
-                block.fuse()
         return self
 
     # -- weights -----------------------------------------------------------------------------

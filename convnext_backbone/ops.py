@@ -19,18 +19,17 @@ is slower than the plain ops. Under tracing, ``torch.compile`` or ONNX export on
 run (:func:`plain_only`).
 """
 import functools
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import compat, machine, tuning
 
-__all__ = ['block_rows', 'blocked_mlp', 'blocked_residual_mlp', 'inference_candidates', 'linear',
-           'linear_add', 'linear_gelu', 'mkldnn_linear_available', 'mlp', 'plain_only',
-           'residual_mlp']
-
-Candidates = List[Tuple[str, Callable[[], object]]]
+__all__ = ['ONEDNN', 'ONEDNN_ADD', 'PLAIN', 'block_rows', 'blocked', 'blocked_mlp',
+           'blocked_residual_mlp', 'inference_kernels', 'inference_shape', 'linear', 'linear_add',
+           'linear_gelu', 'mkldnn_linear_available', 'mlp', 'plain_only', 'residual_mlp',
+           'run_inference', 'run_training']
 
 
 def plain_only() -> bool:
@@ -219,39 +218,72 @@ def blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2
     return out.view(shortcut.shape)
 
 
-def inference_candidates(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
-                         w2: torch.Tensor, b2: torch.Tensor, shortcut: torch.Tensor,
-                         scale: Optional[torch.Tensor] = None,
-                         mid: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-                         ) -> Candidates:
-    """The interchangeable ways to compute ``shortcut + scale * fc2(mid(gelu(fc1(x))))`` without
-    autograd, plain ops first: ``plain``, ``onednn`` (oneDNN products) and, with ``mid`` None
-    and at least two blocks of :func:`block_rows` rows, ``blocked<rows>``
-    (:func:`blocked_residual_mlp`). The residual add inside the second product
-    (``onednn_add``) is :func:`residual_mlp`'s own, for a folded tail.
+#: The kernels of the block's MLP (the plain one first: the fallback).
+PLAIN, ONEDNN = tuning.Kernel('plain'), tuning.Kernel('onednn')
+ONEDNN_ADD = tuning.Kernel('onednn_add')
+
+
+def blocked(rows: int) -> tuning.Kernel:
+    """The cache-blocked kernel with ``rows`` rows per block."""
+    return tuning.Kernel('blocked', rows)
+
+
+def _rows(x: torch.Tensor) -> int:
+    return x.numel() // x.shape[-1]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace('torch.', '')
+
+
+def inference_shape(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
+                    scale: Optional[torch.Tensor], mid: bool) -> tuning.ShapeClass:
+    """The :class:`~.tuning.ShapeClass` of a call of :func:`residual_mlp`."""
+    return tuning.ShapeClass(
+        op='inference', channels=x.shape[-1], hidden=w1.shape[0],
+        dtype=_dtype_name(_compute_dtype(x)), residual=_dtype_name(shortcut.dtype),
+        layer_scale=scale is not None, grn=mid, input_grad=False,
+        rows_log2=_rows(x).bit_length(), threads=torch.get_num_threads())
+
+
+def inference_kernels(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
+                      scale: Optional[torch.Tensor], mid: bool) -> List[tuning.Kernel]:
+    """The kernels that may compute a call of :func:`residual_mlp`, plain first: ``plain``,
+    ``onednn``; ``onednn_add`` without a layer scale and with the residual in the compute dtype;
+    ``blocked`` without ``mid`` and with at least two blocks of :func:`block_rows` rows."""
+    kernels = [PLAIN, ONEDNN]
+    if scale is None and shortcut.dtype == _compute_dtype(x):
+        kernels.append(ONEDNN_ADD)
+    block = block_rows(w1.shape[0], _compute_dtype(x).itemsize)
+    if not mid and _rows(x) >= 2 * block:
+        kernels.append(blocked(block))
+    return kernels
+
+
+def run_inference(kernel: tuning.Kernel, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+                  w2: torch.Tensor, b2: torch.Tensor, shortcut: torch.Tensor,
+                  scale: Optional[torch.Tensor] = None,
+                  mid: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """``shortcut + scale * fc2(mid(gelu(fc1(x))))`` computed by ``kernel``, without autograd.
 
     Args:
-        x, w1, b1, w2, b2, shortcut, scale, mid: As :func:`residual_mlp`; x and shortcut
-            contiguous, oneDNN available for the compute dtype.
+        kernel (Kernel): One of :func:`inference_kernels` (any ``blocked`` rows).
+        x, w1, b1, w2, b2, shortcut, scale, mid: As :func:`residual_mlp`.
 
     Returns:
-        list[tuple[str, Callable[[], torch.Tensor]]]: ``(name, fn)`` pairs.
+        torch.Tensor: (..., C).
     """
-    blockable, mid = mid is None, mid or (lambda h: h)
-
-    def plain() -> torch.Tensor:
-        return _tail(shortcut, F.linear(mid(F.gelu(F.linear(x, w1, b1))), w2, b2), scale)
-
-    def onednn() -> torch.Tensor:
-        return _tail(shortcut, linear(mid(linear_gelu(x, w1, b1)), w2, b2), scale)
-
-    candidates: Candidates = [('plain', plain), ('onednn', onednn)]
-    rows = x.numel() // x.shape[-1]
-    block = block_rows(w1.shape[0], _compute_dtype(x).itemsize)
-    if blockable and rows >= 2 * block:
-        candidates.append((f'blocked{block}', functools.partial(
-            blocked_residual_mlp, x, w1, b1, w2, b2, shortcut, scale, block)))
-    return candidates
+    hidden = mid or (lambda h: h)
+    if kernel == PLAIN:
+        return _tail(shortcut, F.linear(hidden(F.gelu(F.linear(x, w1, b1))), w2, b2), scale)
+    if kernel == ONEDNN:
+        return _tail(shortcut, linear(hidden(linear_gelu(x, w1, b1)), w2, b2), scale)
+    if kernel == ONEDNN_ADD and scale is None:
+        return linear_add(hidden(linear_gelu(x, w1, b1)), w2, b2, shortcut)
+    if kernel.name == 'blocked' and mid is None:
+        return blocked_residual_mlp(x, w1, b1, w2, b2, shortcut, scale, kernel.rows)
+    raise ValueError(f'kernel {kernel} cannot compute this block tail (layer scale: '
+                     f'{scale is not None}, GRN: {mid is not None})')
 
 
 def residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
@@ -260,11 +292,9 @@ def residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.
                  mid_params: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """The block's tail ``shortcut + scale * fc2(mid(gelu(fc1(x))))``, by the fastest way here.
 
-    With gradients (or on GPU, float64, tracing): :func:`mlp` and a one-pass tail, autograd
-    correct. Without: the candidate chosen for this shape class by timing (``tuning.choose``):
-    one of :func:`inference_candidates`, or, for a folded tail (``scale`` None and
-    ``shortcut`` in the compute dtype), oneDNN with the residual add in the product
-    (:func:`linear_add`) where it beats that choice.
+    Without autograd on the CPU, in a dtype oneDNN computes: the kernel decided for the shape
+    class (:func:`~.tuning.choose` over :func:`inference_kernels`). Otherwise (gradients,
+    another device, float64, tracing, non-contiguous inputs) the plain ops, autograd correct.
 
     Args:
         x (torch.Tensor): (..., C), the normed block input.
@@ -279,31 +309,13 @@ def residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.
     Returns:
         torch.Tensor: (..., C).
     """
-    params = (w1, b1, w2, b2, shortcut, scale, *mid_params)
-    dtype = _fused_dtype(x, *params)
+    dtype = _fused_dtype(x, w1, b1, w2, b2, shortcut, scale, *mid_params)
+    args = (x, w1, b1, w2, b2, shortcut, scale, mid)
     if dtype is None or not (x.is_contiguous() and shortcut.is_contiguous()):
-        if mid is None:
-            y = mlp(x, w1, b1, w2, b2)
-        else:
-            y = F.linear(mid(F.gelu(F.linear(x, w1, b1))), w2, b2)
-        return _tail(shortcut, y, scale)
-    candidates = inference_candidates(x, w1, b1, w2, b2, shortcut, scale, mid)
-    # One decision for the tail with or without layer scale (the same cost either way): a
-    # fused model runs what the unfused one chose, not the result of a second, noisy probe.
-    rows = x.numel() // x.shape[-1]
-    key = ('residual_mlp', x.shape[-1], w1.shape[0], dtype, shortcut.dtype, 'any tail',
-           len(mid_params), rows.bit_length(), torch.get_num_threads())
-    if not (scale is None and shortcut.dtype == dtype):
-        return tuning.choose(key, candidates)[1]
-    chosen = tuning.decided(key)
-    if chosen is None:  # first call of this class: decide the shared candidates first
-        return tuning.choose(key, candidates)[1]
-    # Folded (fuse()): the residual add inside the second product, against that choice only,
-    # which stays unless the add is faster by tuning.MARGIN.
-    hidden = mid or (lambda h: h)
-    add = ('onednn_add', lambda: linear_add(hidden(linear_gelu(x, w1, b1)), w2, b2, shortcut))
-    return tuning.choose(key[:5] + ('folded',) + key[6:],
-                         [(chosen, dict(candidates)[chosen]), add])[1]
+        return run_inference(PLAIN, *args)
+    shape = inference_shape(x, w1, shortcut, scale, mid is not None)
+    kernels = inference_kernels(x, w1, shortcut, scale, mid is not None)
+    return tuning.choose(shape, kernels, lambda kernel: run_inference(kernel, *args))[1]
 
 
 class _MLP(torch.autograd.Function):
@@ -400,42 +412,46 @@ def _plain_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Te
     return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
 
 
-def _onednn_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-                b2: torch.Tensor) -> torch.Tensor:
-    return _MLP.apply(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2).view(*x.shape[:-1],
-                                                                       w2.shape[0])
+def run_training(kernel: tuning.Kernel, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+                 w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """``fc2(gelu(fc1(x)))`` with autograd, computed by ``kernel``: ``plain``, ``onednn``
+    (:class:`_MLP`: oneDNN forward products, a hand-written backward) or ``blocked``
+    (:func:`blocked_mlp`)."""
+    if kernel == PLAIN:
+        return _plain_mlp(x, w1, b1, w2, b2)
+    if kernel == ONEDNN:
+        out = _MLP.apply(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2)
+        return out.view(*x.shape[:-1], w2.shape[0])
+    if kernel.name == 'blocked':
+        return blocked_mlp(x, w1, b1, w2, b2, rows=kernel.rows)
+    raise ValueError(f'kernel {kernel} cannot compute a training MLP')
 
 
-#: The training MLPs besides the blocked one (whose rows depend on the shape).
-_TRAINING_MLPS: Dict[str, Callable[..., torch.Tensor]] = {'plain': _plain_mlp,
-                                                         'onednn': _onednn_mlp}
-
-
-def _training_choice(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str:
-    """The training MLP to run for x's shape class: timed forward + backward on detached copies
-    the first time (the weights' gradients are not touched)."""
-    rows = x.numel() // x.shape[-1]
-    key = ('mlp_train', x.shape[-1], params[0].shape[0], x.dtype, x.requires_grad,
-           rows.bit_length(), torch.get_num_threads())
-    name = tuning.decided(key)
-    if name is not None:
-        return name
+def _training_mlp(x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The training MLP by the kernel decided for x's shape class: timed forward + backward on
+    detached copies the first time (the weights' gradients are not touched)."""
+    shape = tuning.ShapeClass(
+        op='training', channels=x.shape[-1], hidden=params[0].shape[0],
+        dtype=_dtype_name(x.dtype), residual='', layer_scale=False, grn=False,
+        input_grad=x.requires_grad, rows_log2=_rows(x).bit_length(),
+        threads=torch.get_num_threads())
+    kernels = [PLAIN, ONEDNN]
     block = block_rows(params[0].shape[0], x.element_size())
-    fns = dict(_TRAINING_MLPS)
-    if rows >= 2 * block:
-        fns[f'blocked{block}'] = functools.partial(blocked_mlp, rows=block)
+    if _rows(x) >= 2 * block:
+        kernels.append(blocked(block))
+    if tuning.decided(shape) is not None or tuning.policy() != 'auto':
+        return tuning.choose(shape, kernels, lambda k: run_training(k, x, *params))[1]
 
-    def timed(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
-        def run() -> None:
-            # Identity hooks: the probe's own graph is not seen by the saved-tensor hooks of an
-            # enclosing activation checkpoint (with_cp), whose recomputation runs no probe.
-            with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-                inputs = [t.detach().requires_grad_(t.requires_grad) for t in (x, *params)]
-                out = fn(*inputs)
-                out.backward(torch.ones_like(out))
-        return run
+    def probe(kernel: tuning.Kernel) -> None:
+        # Identity hooks: the probe's own graph is not seen by the saved-tensor hooks of an
+        # enclosing activation checkpoint (with_cp), whose recomputation runs no probe.
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            inputs = [t.detach().requires_grad_(t.requires_grad) for t in (x, *params)]
+            out = run_training(kernel, *inputs)
+            out.backward(torch.ones_like(out))
 
-    return tuning.choose(key, [(n, timed(fn)) for n, fn in fns.items()])[0]
+    kernel, _ = tuning.choose(shape, kernels, probe)
+    return run_training(kernel, x, *params)
 
 
 def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
@@ -462,7 +478,4 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
             or any(t.dtype != torch.float32 for t in (x, *params))
             or not mkldnn_linear_available(torch.float32) or not x.is_contiguous()):
         return _plain_mlp(x, *params)
-    name = _training_choice(x, params)
-    if name.startswith('blocked'):
-        return blocked_mlp(x, *params, rows=int(name[len('blocked'):]))
-    return _TRAINING_MLPS[name](x, *params)
+    return _training_mlp(x, params)

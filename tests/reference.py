@@ -39,8 +39,9 @@ class RefGRN(nn.Module):
 
 
 class RefBlock(nn.Module):
-    def __init__(self, dim, v2):
+    def __init__(self, dim, v2, act=None):
         super().__init__()
+        self.act_fn = act or nn.functional.gelu
         self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
         self.norm = RefLayerNorm(dim, channels_last=True)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
@@ -50,7 +51,7 @@ class RefBlock(nn.Module):
 
     def forward(self, x):  # NCHW
         y = self.dwconv(x).permute(0, 2, 3, 1)
-        y = torch.nn.functional.gelu(self.pwconv1(self.norm(y)))
+        y = self.act_fn(self.pwconv1(self.norm(y)))
         if self.grn is not None:
             y = self.grn(y)
         y = self.pwconv2(y)
@@ -62,7 +63,7 @@ class RefBlock(nn.Module):
 class RefConvNeXt(nn.Module):
     """Official-style ConvNeXt for dense prediction, returning the four normed stage maps."""
 
-    def __init__(self, depths, dims, v2=False, in_chans=3):
+    def __init__(self, depths, dims, v2=False, in_chans=3, act=None):
         super().__init__()
         self.downsample_layers = nn.ModuleList([nn.Sequential(
             nn.Conv2d(in_chans, dims[0], 4, stride=4), RefLayerNorm(dims[0]))])
@@ -70,7 +71,8 @@ class RefConvNeXt(nn.Module):
             self.downsample_layers.append(nn.Sequential(
                 RefLayerNorm(dims[i]), nn.Conv2d(dims[i], dims[i + 1], 2, stride=2)))
         self.stages = nn.ModuleList(
-            nn.Sequential(*[RefBlock(dims[i], v2) for _ in range(depths[i])]) for i in range(4))
+            nn.Sequential(*[RefBlock(dims[i], v2, act) for _ in range(depths[i])])
+            for i in range(4))
         for i in range(4):
             self.add_module(f'norm{i}', RefLayerNorm(dims[i]))
 

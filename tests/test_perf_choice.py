@@ -57,9 +57,10 @@ def test_a_forced_slow_probe_falls_back_to_the_plain_ops(monkeypatch):
         probed = set(calls)
         calls.clear()
         again = ops.residual_mlp(x, *params, shortcut, scale)
-    (name, timings), = tuning.decisions().values()
+    (decision,) = tuning.decisions().values()
     assert probed == {'blocked_residual_mlp', 'linear_gelu'}  # the fast candidates were timed
-    assert name == 'plain' and set(timings) == {'plain', 'onednn', 'blocked16'}
+    assert decision.kernel == ops.PLAIN and decision.source == 'probe'
+    assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.blocked(16)}
     assert calls == []                                         # and are not run any more
     expected = _expected(x, params, shortcut, scale)
     for got in (first, again):
@@ -74,36 +75,31 @@ def test_a_faster_candidate_is_kept_and_a_slow_drift_makes_it_probe_again(monkey
     monkeypatch.setattr(ops.F, 'linear', slow_plain)  # the plain candidate is the slow one
     with torch.no_grad():
         ops.residual_mlp(x, *params, shortcut, scale)
-        (key, (name, _)), = tuning.decisions().items()
-        assert name != 'plain'
+        ((shape, decision),) = tuning.decisions().items()
+        assert decision.kernel != ops.PLAIN
         monkeypatch.setattr(tuning, 'DRIFT', 0.0)     # every call now counts as slow
         for _ in range(tuning.SLOW_CALLS):
             ops.residual_mlp(x, *params, shortcut, scale)
-    assert tuning.decided(key) is None                 # the next call times them again
+    assert tuning.decided(shape) is None               # the next call times them again
 
 
-@pytest.mark.parametrize('unfused_first', [True, False])
-def test_a_fused_tail_keeps_the_unfused_choice_unless_the_residual_add_is_faster(
-        monkeypatch, unfused_first):
+@pytest.mark.parametrize('with_scale', [True, False], ids=['layer scale', 'no scale'])
+def test_the_residual_add_inside_the_product_is_a_candidate_only_without_a_layer_scale(
+        monkeypatch, with_scale):
     if not ops.mkldnn_linear_available(torch.float32):
         pytest.skip('no oneDNN: only the plain ops exist here')
     monkeypatch.setattr(ops, 'block_rows', lambda *args, **kwargs: 16)
-    monkeypatch.setattr(ops.F, 'linear', _slowed(F.linear, []))  # plain is the slow one
     x, params, shortcut, scale = _inputs()
-    calls = [scale, None, None] if unfused_first else [None, None]
+    scale = scale if with_scale else None
     with torch.no_grad():
-        outs = [ops.residual_mlp(x, *params, shortcut, s) for s in calls]
-    decided = tuning.decisions()
-    shared = next(k for k in decided if k[5] == 'any tail')
-    folded = next(k for k in decided if k[5] == 'folded')
-    assert len(decided) == 2   # one probe of the shared candidates, whichever model came first
-    assert set(decided[shared][1]) == {'plain', 'onednn', 'blocked16'}
-    # the fused model times only the residual add against what was chosen for both
-    assert set(decided[folded][1]) == {decided[shared][0], 'onednn_add'}
-    expected = _expected(x, params, shortcut, torch.ones_like(scale))
-    for got, s in zip(outs, calls):
-        want = _expected(x, params, shortcut, scale) if s is not None else expected
-        assert (got - want).norm() / want.norm() < 1e-5
+        got = ops.residual_mlp(x, *params, shortcut, scale)
+    ((shape, decision),) = tuning.decisions().items()
+    assert shape.layer_scale is with_scale
+    expected = {ops.PLAIN, ops.ONEDNN, ops.blocked(16)} | (set() if with_scale
+                                                          else {ops.ONEDNN_ADD})
+    assert set(decision.seconds) == expected
+    want = _expected(x, params, shortcut, scale if with_scale else torch.ones(8))
+    assert (got - want).norm() / want.norm() < 1e-5
 
 
 def test_the_plain_policy_runs_no_fast_path(monkeypatch):
@@ -114,7 +110,7 @@ def test_the_plain_policy_runs_no_fast_path(monkeypatch):
         ops.residual_mlp(x, *params, shortcut, scale)
     assert calls == [] and tuning.decisions() == {}
     monkeypatch.setenv('CONVNEXT_FAST_PATHS', 'fastest')
-    with pytest.raises(ValueError, match="CONVNEXT_FAST_PATHS='fastest'.*'auto', 'plain'"):
+    with pytest.raises(ValueError, match="CONVNEXT_FAST_PATHS='fastest' is neither.*auto, plain"):
         tuning.policy()
 
 
@@ -127,8 +123,10 @@ def test_training_choice_times_forward_and_backward_without_touching_the_weights
     for p in params:
         p.requires_grad_()
     out = ops.mlp(x, *params)
-    (name, timings), = tuning.decisions().values()
-    assert set(timings) == {'plain', 'onednn', 'blocked16'} and name in timings
+    ((shape, decision),) = tuning.decisions().items()
+    assert shape.op == 'training' and shape.input_grad
+    assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.blocked(16)}
+    assert decision.kernel in decision.seconds
     assert x.grad is None and all(p.grad is None for p in params)
     out.sum().backward()
     expected = torch.autograd.grad(

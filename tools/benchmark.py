@@ -2,7 +2,7 @@
 
 Usage::
 
-    # backbone inference, fp32 and bf16 autocast, plain eval and after fuse()
+    # backbone inference, fp32 and bf16 autocast, with the fast paths and with the plain ops
     python tools/benchmark.py [--arch tiny] [--shape 800 1216] [--batch 1] [--threads 2]
     # the same, beside timm's and mmpretrain's ConvNeXt on the same weights and input
     python tools/benchmark.py --compare
@@ -39,6 +39,7 @@ Note:
 """
 import argparse
 import copy
+import functools
 import os
 import os.path as osp
 import statistics
@@ -196,6 +197,106 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
         print('| ' + ' | '.join(row) + ' |')
 
 
+# -- an earlier checkout, side by side -------------------------------------------------------------
+#: The worker of :class:`EarlierCheckout`: builds the backbone of the checkout on its PYTHONPATH
+#: with the given weights and runs it on request ("run|save DTYPE [PATH]" lines on stdin).
+_WORKER = r"""
+import sys
+import torch
+from contextlib import nullcontext
+torch.set_num_threads(int(sys.argv[2]))
+from convnext_backbone import ConvNeXt
+setup = torch.load(sys.argv[1], weights_only=True)
+model = ConvNeXt(setup['arch'], layer_scale_init_value=1.0)
+model.load_state_dict(setup['state'])
+train = setup['train']
+model.train(train)
+if setup['fuse']:
+    model.fuse()
+x = setup['x']
+def run(dtype):
+    ctx = torch.autocast('cpu', torch.bfloat16) if dtype == 'bf16' else nullcontext()
+    if not train:
+        with torch.no_grad(), ctx:
+            return list(model(x))
+    model.zero_grad(set_to_none=True)
+    outs = model(x)
+    sum((o * w).sum() for o, w in zip(outs, setup['weights'])).backward()
+    return {n: p.grad for n, p in model.named_parameters()}
+print('ready', hasattr(ConvNeXt, 'fuse'), flush=True)
+for line in sys.stdin:
+    cmd, dtype, *path = line.split()
+    result = run(dtype)
+    if cmd == 'save':
+        torch.save(result, path[0])
+    print('ok', flush=True)
+"""
+
+
+class EarlierCheckout:
+    """Our backbone as an earlier checkout of this repository computes it, in a worker process.
+
+    Two versions of one package cannot be imported into one process, so the earlier one runs
+    in a worker of its own (``PYTHONPATH`` = the checkout) that builds the same arch with the
+    same weights and input and runs it when asked; :func:`interleaved` times each request
+    beside the current code's runs, in the same rounds.
+
+    Args:
+        path (str): The checkout (e.g. ``git worktree add /tmp/before 85cd133``).
+        arch (str): The arch.
+        state (dict): The weights (our state dict).
+        x (torch.Tensor): The input.
+        train (bool): Time a training step (needs ``weights``) instead of inference.
+        weights (list[torch.Tensor], optional): The loss weights of the training step.
+        fuse (bool): Call the earlier backbone's ``fuse()`` first (it had one).
+    """
+
+    def __init__(self, path: str, arch: str, state: dict, x: torch.Tensor, train: bool = False,
+                 weights: Optional[List[torch.Tensor]] = None, fuse: bool = False) -> None:
+        import subprocess
+        import tempfile
+        self._dir = tempfile.mkdtemp(prefix='convnext-before-')
+        setup = osp.join(self._dir, 'setup.pt')
+        torch.save(dict(arch=arch, state=state, x=x, train=train, weights=weights, fuse=fuse),
+                    setup)
+        env = dict(os.environ, PYTHONPATH=osp.abspath(path))
+        self._proc = subprocess.Popen(
+            [sys.executable, '-c', _WORKER, setup, str(torch.get_num_threads())],
+            cwd=self._dir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = self._proc.stdout.readline().split()
+        if not ready or ready[0] != 'ready':
+            raise RuntimeError(f'the checkout at {path} did not start its backbone (see above)')
+        #: Whether the earlier backbone has ``fuse()``.
+        self.has_fuse = ready[1:] == ['True']
+
+    def _ask(self, line: str) -> None:
+        self._proc.stdin.write(line + '\n')
+        self._proc.stdin.flush()
+        if self._proc.stdout.readline().strip() != 'ok':
+            raise RuntimeError('the earlier checkout\'s worker failed (see above)')
+
+    def __call__(self, dtype: str) -> None:
+        """One run (inference or training step) in precision ``dtype``."""
+        self._ask(f'run {dtype}')
+
+    def result(self, dtype: str) -> Any:
+        """One run's outputs (inference) or weight gradients by name (training)."""
+        path = osp.join(self._dir, 'result.pt')
+        self._ask(f'save {dtype} {path}')
+        return torch.load(path, weights_only=True)
+
+
+def before_models(args: argparse.Namespace, ours: nn.Module, x: torch.Tensor, train: bool,
+                  weights: Optional[List[torch.Tensor]] = None) -> Dict[str, EarlierCheckout]:
+    """The ``--before`` checkout's backbone, and its ``fuse()``d one where it had ``fuse()``."""
+    state = ours.state_dict()
+    models = {'before': EarlierCheckout(args.before, args.arch, state, x, train, weights)}
+    if models['before'].has_fuse and not train:
+        models['before fused'] = EarlierCheckout(args.before, args.arch, state, x, train,
+                                                 weights, fuse=True)
+    return models
+
+
 # -- backbone inference ---------------------------------------------------------------------------
 def pointwise_flops(model: ConvNeXt, batch: int, shape: Sequence[int]) -> float:
     """FLOPs of the blocks' pointwise layers (2 products of C x 4C per pixel) for one input."""
@@ -216,30 +317,21 @@ def square_gemm() -> Callable[[], object]:
 
 
 def print_decisions() -> None:
-    """The fast path chosen for each shape class and the probe's times."""
-    def variant(key: tuple) -> str:
-        if key[0] != 'residual_mlp':
-            return 'training' + (', input grad' if key[4] else '')
-        return (f'{key[5]}, residual {dtype_name(key[4])}'
-                + (', GRN' if key[6] else ''))
-
-    def dtype_name(dtype: torch.dtype) -> str:
-        return str(dtype).replace('torch.', '')
-
-    rows = [[str(key[0]), str(key[1]), dtype_name(key[3]), variant(key), str(2 ** (key[-2] - 1)),
-             name, ', '.join(f'{n} {1e3 * t:.1f}' for n, t in timings.items())]
-            for key, (name, timings) in tuning.decisions().items()]
-    print_table('Fast paths chosen in this process (tuning.decisions(); probe times in ms, best '
-                'of 3)', ['op', 'C', 'dtype', 'variant', 'rows >=', 'chosen', 'candidates'], rows)
+    """The kernel decided for each shape class and the probe's times."""
+    rows = [[str(shape), str(d.kernel), d.source,
+             ', '.join(f'{k} {1e3 * t:.2f}' for k, t in d.seconds.items())]
+            for shape, d in tuning.decisions().items()]
+    print_table('Fast paths decided in this process (tuning.decisions(); probe times in ms, best '
+                f'of {tuning.ROUNDS})', ['shape class', 'kernel', 'how', 'candidates'], rows)
 
 
 def bench_inference(args: argparse.Namespace) -> bool:
-    """Time plain and fused inference (and the others with --compare). Returns False when an
-    fp32 output disagrees by 1e-4 or more."""
+    """Time inference with the fast paths and with the plain ops (and the others with --compare,
+    or an earlier checkout with --before). Returns False when an fp32 output disagrees by 1e-4
+    or more."""
     torch.manual_seed(0)
     ours = randomise_(ConvNeXt(args.arch, layer_scale_init_value=1.0)).eval()
-    fused = copy.deepcopy(ours).fuse()
-    models: Dict[str, nn.Module] = {'ours': ours, 'ours fused': fused}
+    models: Dict[str, Any] = {'ours': ours}
     if args.compare:
         for name, build in (('timm', build_timm), ('mmpretrain', build_mmpretrain)):
             other = build(args.arch)
@@ -248,11 +340,13 @@ def bench_inference(args: argparse.Namespace) -> bool:
                 other.eval()  # mmpretrain's train() returns None
                 models[name] = other
     x = torch.randn(args.batch, 3, *args.shape)
+    if args.before:
+        models.update(before_models(args, ours, x, train=False))
 
     def run(name: str, dtype: str) -> Outputs:
         policy = 'plain' if name == 'ours plain ops' else 'auto'
         with autocast(dtype), tuning.use_policy(policy):
-            return models[name](x)
+            return models[name](x) if isinstance(models[name], nn.Module) else models[name](dtype)
 
     models = {'ours plain ops': ours, **models}
     # Every (precision, model) pair in each round, so that fp32 and bf16 see the same noise.
@@ -260,12 +354,16 @@ def bench_inference(args: argparse.Namespace) -> bool:
     fns: Dict[Any, Callable[[], object]] = {(d, n): (lambda d=d, n=n: run(n, d)) for d, n in pairs}
     if 'fp32' in args.dtypes:  # the GEMM rate, measured in the same rounds (the same noise)
         fns['gemm'] = square_gemm()
+    def outputs(name: str, dtype: str) -> Outputs:
+        model = models[name]
+        return run(name, dtype) if isinstance(model, nn.Module) else model.result(dtype)
+
     with torch.no_grad():
         reference = run('ours plain ops', 'fp32')
-        errors = {(d, n): rel_err(run(n, d), reference) for d, n in pairs}
+        errors = {(d, n): rel_err(outputs(n, d), reference) for d, n in pairs}
         medians, best = interleaved(fns, args.warmup, args.repeat)
     ok = all(err < 1e-4 for (dtype, _), err in errors.items() if dtype == 'fp32')
-    columns = [n for n in ('ours', 'ours fused') if n in models]
+    columns = ['ours']
     rows = [[d, n, f'{medians[d, n]:.3f}', f'{best[d, n]:.3f}', f'{args.batch / medians[d, n]:.2f}',
              f'{errors[d, n]:.1e}'] + [f'{medians[d, n] / medians[d, c]:.2f}x' for c in columns]
             for d, n in pairs]
@@ -280,7 +378,7 @@ def bench_inference(args: argparse.Namespace) -> bool:
         fastest = min(medians['fp32', n] for n in columns)
         print(f'\nGEMM-rate floor: {flops / 1e9:.0f} GFLOP of pointwise layers at '
               f'{rate / 1e9:.0f} GFLOP/s (median {GEMM_SIZE}^2 float32 torch.mm, timed in the same '
-              f'rounds) = {flops / rate:.3f} s; ours (faster of plain/fused) = {fastest:.3f} s = '
+              f'rounds) = {flops / rate:.3f} s; ours = {fastest:.3f} s = '
               f'{fastest * rate / flops:.2f}x the floor (target <= 1.3x)')
         for other, target in (('timm', 1.5), ('mmpretrain', 1.8)):
             if other in models:
@@ -298,7 +396,7 @@ def bench_inference(args: argparse.Namespace) -> bool:
 
 def bench_mlp(args: argparse.Namespace) -> bool:
     """Each stage's block MLP + tail (``shortcut + gamma * fc2(gelu(fc1(x)))``) at the stage's
-    size for ``--shape``, by every inference candidate of ``ops.residual_mlp``, interleaved."""
+    size for ``--shape``, by every inference kernel of ``ops.residual_mlp``, interleaved."""
     from convnext_backbone import ops
     torch.manual_seed(0)
     model = ConvNeXt(args.arch)
@@ -308,7 +406,9 @@ def bench_mlp(args: argparse.Namespace) -> bool:
         x, shortcut = torch.randn(args.batch, h, w, dim), torch.randn(args.batch, h, w, dim)
         linear1, linear2 = model.stages[i][0].pwconv1, model.stages[i][0].pwconv2
         params = (linear1.weight, linear1.bias, linear2.weight, linear2.bias)
-        fns = dict(ops.inference_candidates(x, *params, shortcut, torch.rand(dim)))
+        scale = torch.rand(dim)
+        fns = {str(k): functools.partial(ops.run_inference, k, x, *params, shortcut, scale)
+               for k in ops.inference_kernels(x, params[0], shortcut, scale, mid=False)}
         with torch.no_grad():
             ref = fns['plain']()
             errors = {n: ((fn() - ref).norm() / ref.norm()).item() for n, fn in fns.items()}
@@ -320,7 +420,7 @@ def bench_mlp(args: argparse.Namespace) -> bool:
                    f'{flops / medians[n] / 1e9:.0f}', f'{errors[n]:.1e}'] for n in fns]
     print_table(f'Block MLP + tail per stage, {args.batch}x3x{args.shape[0]}x{args.shape[1]}, '
                 f'fp32, {torch.get_num_threads()} threads, median of {args.repeat}',
-                ['stage', 'first product', 'candidate', 'median ms', 'best ms',
+                ['stage', 'first product', 'kernel', 'median ms', 'best ms',
                  'GFLOP/s (median)', 'rel. err vs plain'], table)
     return ok
 
@@ -331,7 +431,7 @@ def bench_training(args: argparse.Namespace) -> bool:
     with --memory also the peak memory with and without with_cp."""
     torch.manual_seed(0)
     ours = randomise_(ConvNeXt(args.arch, layer_scale_init_value=1.0)).train()
-    models: Dict[str, nn.Module] = {'ours': ours}
+    models: Dict[str, Any] = {'ours': ours}
     maps: Dict[str, Dict[str, str]] = {'ours': {k: k for k in ours.state_dict()}}
     if args.compare:
         for name, build in (('timm', build_timm), ('mmpretrain', build_mmpretrain)):
@@ -343,16 +443,23 @@ def bench_training(args: argparse.Namespace) -> bool:
     x = torch.randn(args.train_batch, 3, *args.train_shape)
     with torch.no_grad():
         weights = [torch.randn_like(o.contiguous()) for o in ours(x)]
+    if args.before:
+        for name, model in before_models(args, ours, x, True, weights).items():
+            models[name], maps[name] = model, maps['ours']
 
-    def step(model: nn.Module) -> None:
+    def step(model: Any) -> None:
+        if isinstance(model, EarlierCheckout):
+            return model('fp32')
         model.zero_grad(set_to_none=True)
         outs = model(x)
         sum((o * w).sum() for o, w in zip(outs, weights)).backward()
 
     def grads(name: str) -> Dict[str, torch.Tensor]:
-        step(models[name])
-        return {maps[name][n]: p.grad.detach().clone()
-                for n, p in models[name].named_parameters()}
+        model = models[name]
+        if isinstance(model, EarlierCheckout):
+            return model.result('fp32')
+        step(model)
+        return {maps[name][n]: p.grad.detach().clone() for n, p in model.named_parameters()}
 
     ref = grads('ours')
     errors = {}
@@ -462,9 +569,6 @@ def bench_config(args: argparse.Namespace) -> bool:
     scope = cfg.get('default_scope')
     torch.manual_seed(0)
     model = cli.build_model(cfg)
-    fused = copy.deepcopy(model)
-    if hasattr(fused.backbone, 'fuse'):
-        fused.backbone.fuse()
     h, w = args.shape
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
     meta = dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1., 1.), pad_shape=(h, w))
@@ -476,22 +580,21 @@ def bench_config(args: argparse.Namespace) -> bool:
     def run(m: nn.Module) -> None:
         m.test_step(dict(inputs=[image], data_samples=[Sample(metainfo=meta)]))
 
-    models = {('fp32', 'plain'): model, ('fp32', 'fused'): fused}
+    models = {'fp32': model}
     if 'bf16' in args.dtypes:
-        for name in ('plain', 'fused'):
-            wrapped = copy.deepcopy(models['fp32', name])
-            wrapped.backbone = AutocastBackbone(wrapped.backbone)
-            models['bf16 backbone', name] = wrapped
-    models = {k: m for k, m in models.items() if k[0].split()[0] in args.dtypes}
+        wrapped = copy.deepcopy(model)
+        wrapped.backbone = AutocastBackbone(wrapped.backbone)
+        models['bf16 backbone'] = wrapped
+    models = {k: m for k, m in models.items() if k.split()[0] in args.dtypes}
     with torch.no_grad():
         medians, best = interleaved({k: (lambda m=m: run(m)) for k, m in models.items()},
                                     args.warmup, args.repeat)
-    rows = [[dtype, name, f'{sec:.3f}', f'{best[dtype, name]:.3f}', f'{1 / sec:.2f}']
-            for (dtype, name), sec in medians.items()]
+    rows = [[dtype, f'{sec:.3f}', f'{best[dtype]:.3f}', f'{1 / sec:.2f}']
+            for dtype, sec in medians.items()]
     print_table(f'End-to-end inference ({type(model).__name__}, test_step), '
                 f'{osp.basename(args.config)}, 1x3x{h}x{w}, random weights, '
                 f'median of {args.repeat}',
-                ['precision', 'backbone', 'median s', 'best s', 'images/s'], rows)
+                ['precision', 'median s', 'best s', 'images/s'], rows)
     return True
 
 
@@ -632,11 +735,9 @@ def build_pair(task: str) -> Tuple[nn.Module, Optional[nn.Module], str]:
 
 
 def prepare_inference(model: nn.Module) -> nn.Module:
-    """Our inference preparation of a whole model: the backbone's ``fuse()`` and mmcv's
-    ``fuse_conv_bn`` (each BatchNorm after a conv folded into it). Returns the model."""
+    """Our inference preparation of a whole model: mmcv's ``fuse_conv_bn`` (each BatchNorm after
+    a conv folded into it). Returns the model."""
     from mmcv.cnn import fuse_conv_bn
-    if hasattr(model.backbone, 'fuse'):
-        model.backbone.fuse()
     return fuse_conv_bn(model)
 
 
@@ -767,6 +868,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile (inductor) the backbone: check and time it')
     parser.add_argument('--config', help='a detector/segmentor config: time its test_step')
+    parser.add_argument('--before', metavar='CHECKOUT',
+                        help='also time the backbone of an earlier checkout of this repository '
+                             '(e.g. made by git worktree add), in a worker process, same rounds')
+    parser.add_argument('--save-fast-paths', metavar='FILE',
+                        help='write the fast-path decisions of this run to FILE, to pin them '
+                             'later with CONVNEXT_FAST_PATHS=FILE')
     parser.add_argument('--e2e', nargs='+', choices=tuple(E2E), default=None,
                         help="whole models: our UperNet-T (seg) / Mask R-CNN-T (det) config beside "
                              "mmseg's / mmdet's own ConvNeXt-T config, same weights (+ --train)")
@@ -807,6 +914,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ok = bench_inference(args)
         if args.train:
             ok = bench_training(args) and ok
+    if args.save_fast_paths:
+        count = tuning.save(args.save_fast_paths)
+        print(f'\n{count} fast-path decisions written to {args.save_fast_paths} (pin them with '
+              f'CONVNEXT_FAST_PATHS={args.save_fast_paths})')
     if not ok:
         print('\nFAILED: an output or gradient disagrees beyond the tolerance (see the tables)')
     return 0 if ok else 1
