@@ -2,7 +2,7 @@
 
 - :mod:`.runner`: :class:`ResumableRunner`, mmengine's Runner for runs that survive interruption;
 - :mod:`.loops`: :class:`ResumableEpochBasedTrainLoop`, exact mid-epoch resume;
-- :mod:`.hooks`: :class:`FiniteLossHook`;
+- :mod:`.hooks`: :class:`FiniteLossHook`, :class:`FastPathsHook`;
 - :mod:`.checkpoint_files`: atomic writes and finding the checkpoint to resume from;
 - :mod:`.preflight`: dataset checks;
 - :mod:`.dist`: distributed runs without CUDA;
@@ -13,12 +13,13 @@
 from .checkpoint_files import atomic_target, find_resumable_checkpoint
 from .compile_for_test import CompileForTestHook
 from .dist import CPUDistributedDataParallel
-from .hooks import FiniteLossHook, NonFiniteLossError
+from .hooks import FastPathsHook, FiniteLossHook, NonFiniteLossError
 from .loops import ResumableEpochBasedTrainLoop
 from .preemption import StopOnSignalHook
 from .preflight import DatasetError
 from .runner import ResumableRunner
 
-__all__ = ['CPUDistributedDataParallel', 'CompileForTestHook', 'DatasetError', 'FiniteLossHook',
+__all__ = ['CPUDistributedDataParallel', 'CompileForTestHook', 'DatasetError', 'FastPathsHook',
+           'FiniteLossHook',
            'NonFiniteLossError', 'ResumableEpochBasedTrainLoop', 'ResumableRunner',
            'StopOnSignalHook', 'atomic_target', 'find_resumable_checkpoint']

@@ -1,14 +1,17 @@
 """Hooks, registered in ``convnext_backbone``'s child of mmengine's ``HOOKS``."""
 import math
+import os.path as osp
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
+from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.optim import AmpOptimWrapper
 from mmengine.runner import EpochBasedTrainLoop, Runner
 
+from .. import tuning
 from ..registry import HOOKS
 
 
@@ -103,3 +106,50 @@ def _loss_values(outputs: Dict[str, Any]) -> Dict[str, float]:
         if isinstance(value, (int, float, np.floating, np.integer)):
             values[name] = float(value)
     return values
+
+
+@HOOKS.register_module()
+class FastPathsHook(Hook):
+    """Write the run's fast-path decisions to ``fast_paths.json`` in the work dir.
+
+    Every decision is logged in one line when it is made (``convnext_backbone.tuning``); this
+    hook also saves them (rank 0, after each epoch and at the end, whenever there are new ones),
+    so that ``CONVNEXT_FAST_PATHS=<work_dir>/fast_paths.json`` repeats the run with the same
+    kernels.
+
+    Args:
+        filename (str): File name in the work dir. Defaults to 'fast_paths.json'.
+    """
+
+    priority = 'LOWEST'
+
+    def __init__(self, filename: str = 'fast_paths.json') -> None:
+        self.filename = filename
+        self._saved = 0
+
+    def _save(self, runner: Runner) -> None:
+        count = len(tuning.decisions())
+        if not is_main_process() or count == self._saved:
+            return
+        path = osp.join(runner.work_dir, self.filename)
+        tuning.save(path)
+        if not self._saved:
+            runner.logger.info(f'fast-path decisions saved to {path} (repeat these kernels with '
+                               f'CONVNEXT_FAST_PATHS={path})')
+        self._saved = count
+
+    def after_train_epoch(self, runner: Runner) -> None:
+        """Save new decisions."""
+        self._save(runner)
+
+    def after_val_epoch(self, runner: Runner, metrics: Optional[Dict[str, float]] = None) -> None:
+        """Save new decisions."""
+        self._save(runner)
+
+    def after_test_epoch(self, runner: Runner, metrics: Optional[Dict[str, float]] = None) -> None:
+        """Save new decisions."""
+        self._save(runner)
+
+    def after_run(self, runner: Runner) -> None:
+        """Save new decisions."""
+        self._save(runner)
