@@ -379,3 +379,39 @@ def test_every_decision_is_logged_in_one_line(capsys):
              if 'convnext_backbone fast path for' in line]
     assert len(lines) == len(tuning.decisions()) == 4  # one per stage's shape class
     assert all('inference MLP C=' in line and 'fastest of plain' in line for line in lines)
+
+
+class _Images(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return dict(inputs=torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(i)))
+
+
+@ONEDNN
+def test_a_run_saves_its_fast_path_decisions_in_its_work_dir(tmp_path):
+    from mmengine.model import BaseModel
+
+    from convnext_backbone.engine import ResumableRunner
+
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.backbone = ConvNeXt(V1)
+
+        def forward(self, inputs, mode='tensor'):
+            outs = self.backbone(inputs)
+            return dict(loss=sum((o * o).mean() for o in outs)) if mode == 'loss' else outs
+
+    runner = ResumableRunner(
+        model=Toy(), work_dir=str(tmp_path), train_cfg=dict(by_epoch=False, max_iters=2),
+        train_dataloader=dict(dataset=_Images(), batch_size=2, num_workers=0,
+                              sampler=dict(type='DefaultSampler', shuffle=False),
+                              collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=10)))
+    runner.train()
+    saved = json.loads((tmp_path / 'fast_paths.json').read_text())
+    assert [e['shape']['op'] for e in saved['decisions']] == ['training'] * 4
+    assert {tuning.ShapeClass(**e['shape']) for e in saved['decisions']} == set(tuning.decisions())
