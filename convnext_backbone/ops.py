@@ -8,15 +8,18 @@ ops on a tiny input).
 
 Cache blocking: the block's MLP ``fc2(gelu(fc1(x)))`` makes an (M, 4C) hidden tensor; at stage 0
 of a detection image (M = 60,800 rows) it is 93 MB and goes to DRAM and back, so the products run
-at half the machine's GEMM rate. Computed over blocks of rows sized so that the hidden block stays
-in the L2 caches of the threads (:func:`block_rows`), the hidden tensor never leaves the cache; the
-residual tail (layer scale, add) is done on each block while it is in cache too.
+at half the machine's GEMM rate. Computed over blocks of rows small enough that the hidden block
+stays in the caches (:func:`block_sizes`: around the size that fills the threads' L2, the best
+one measured), the hidden tensor never leaves the cache; the residual tail (layer scale, add)
+is done on each block while it is in cache too.
 
-Every fast path is a *candidate*: which one runs (plain PyTorch ops, oneDNN, oneDNN with the
-residual add fused, cache-blocked) is decided once per process and shape
-class by timing them on this machine (``convnext_backbone.tuning``), so none is ever kept where it
-is slower than the plain ops. Under tracing, ``torch.compile`` or ONNX export only the plain ops
-run (:func:`plain_only`).
+Each way to compute the MLP is a :class:`~.tuning.Kernel` (plain PyTorch ops, oneDNN, oneDNN
+with the residual add fused, cache-blocked with so many rows); which one runs is decided once
+per process and shape class by timing them on this machine, or pinned from a file
+(``convnext_backbone.tuning``), so none is ever kept where it is slower than the plain ops. The
+block calls this module only where its modules are exactly the ones these kernels compute
+(``convnext.Block.why_not_fast_path``). Under tracing, ``torch.compile`` or ONNX export only the
+plain ops run (:func:`plain_only`).
 """
 import functools
 from typing import Callable, List, Optional, Sequence
@@ -26,10 +29,10 @@ import torch.nn.functional as F
 
 from . import compat, machine, tuning
 
-__all__ = ['ONEDNN', 'ONEDNN_ADD', 'PLAIN', 'block_rows', 'blocked', 'blocked_mlp',
-           'blocked_residual_mlp', 'inference_kernels', 'inference_shape', 'linear', 'linear_add',
-           'linear_gelu', 'mkldnn_linear_available', 'mlp', 'plain_only', 'residual_mlp',
-           'run_inference', 'run_training']
+__all__ = ['BLOCK_FACTORS', 'ONEDNN', 'ONEDNN_ADD', 'PLAIN', 'block_rows', 'block_sizes',
+           'blocked', 'blocked_mlp', 'blocked_residual_mlp', 'inference_kernels',
+           'inference_shape', 'linear', 'linear_add', 'linear_gelu', 'mkldnn_linear_available',
+           'mlp', 'plain_only', 'residual_mlp', 'run_inference', 'run_training']
 
 
 def plain_only() -> bool:
@@ -172,6 +175,29 @@ def block_rows(hidden: int, itemsize: int, threads: Optional[int] = None) -> int
     return max(64, l2 * threads // (hidden * itemsize) // 64 * 64)
 
 
+#: Block sizes the probe times, as multiples of :func:`block_rows`: the best size depends on
+#: the CPU's caches and kernels (e.g. 1.5-3x the L2-filling size on a 2-core AMD EPYC Zen 5,
+#: docs/performance.md), so it is measured, not assumed.
+BLOCK_FACTORS = (0.5, 1, 2, 4)
+
+
+def block_sizes(rows: int, hidden: int, itemsize: int) -> List[int]:
+    """The rows per block to time for an MLP of ``rows`` rows: :data:`BLOCK_FACTORS` times
+    :func:`block_rows`, those that make at least two blocks.
+
+    Args:
+        rows (int): Rows of the input (N*H*W).
+        hidden (int): Width of the hidden layer (4C).
+        itemsize (int): Bytes per element of the compute dtype.
+
+    Returns:
+        list[int]: Ascending, possibly empty.
+    """
+    base = block_rows(hidden, itemsize)
+    sizes = {max(1, int(base * factor)) for factor in BLOCK_FACTORS}
+    return sorted(size for size in sizes if 2 * size <= rows)
+
+
 def _tail(shortcut: torch.Tensor, y: torch.Tensor, scale: Optional[torch.Tensor],
           out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``shortcut + y * scale`` (``scale`` None: 1) in one pass."""
@@ -250,13 +276,13 @@ def inference_kernels(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
                       scale: Optional[torch.Tensor], mid: bool) -> List[tuning.Kernel]:
     """The kernels that may compute a call of :func:`residual_mlp`, plain first: ``plain``,
     ``onednn``; ``onednn_add`` without a layer scale and with the residual in the compute dtype;
-    ``blocked`` without ``mid`` and with at least two blocks of :func:`block_rows` rows."""
+    ``blocked`` without ``mid``, for each of :func:`block_sizes`."""
     kernels = [PLAIN, ONEDNN]
     if scale is None and shortcut.dtype == _compute_dtype(x):
         kernels.append(ONEDNN_ADD)
-    block = block_rows(w1.shape[0], _compute_dtype(x).itemsize)
-    if not mid and _rows(x) >= 2 * block:
-        kernels.append(blocked(block))
+    if not mid:
+        kernels += [blocked(rows) for rows in block_sizes(_rows(x), w1.shape[0],
+                                                          _compute_dtype(x).itemsize)]
     return kernels
 
 
@@ -435,10 +461,8 @@ def _training_mlp(x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tens
         dtype=_dtype_name(x.dtype), residual='', layer_scale=False, grn=False,
         input_grad=x.requires_grad, rows_log2=_rows(x).bit_length(),
         threads=torch.get_num_threads())
-    kernels = [PLAIN, ONEDNN]
-    block = block_rows(params[0].shape[0], x.element_size())
-    if _rows(x) >= 2 * block:
-        kernels.append(blocked(block))
+    kernels = [PLAIN, ONEDNN] + [blocked(rows) for rows in block_sizes(
+        _rows(x), params[0].shape[0], x.element_size())]
     if tuning.decided(shape) is not None or tuning.policy() != 'auto':
         return tuning.choose(shape, kernels, lambda k: run_training(k, x, *params))[1]
 

@@ -316,7 +316,7 @@ def test_a_pinned_decisions_file_repeats_the_kernels_and_the_results(tmp_path):
 
 @ONEDNN
 def test_a_pinned_kernel_runs_with_its_own_block_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(ops, 'block_rows', lambda *args, **kwargs: 16)
+    monkeypatch.setattr(ops, 'block_sizes', lambda *args, **kwargs: [16])
     model, ref = _pair(V1)
     x = torch.randn(1, 3, 64, 64)
     rows = []

@@ -48,7 +48,7 @@ def test_a_forced_slow_probe_falls_back_to_the_plain_ops(monkeypatch):
     if not ops.mkldnn_linear_available(torch.float32):
         pytest.skip('no oneDNN: only the plain ops exist here')
     calls = []
-    monkeypatch.setattr(ops, 'block_rows', lambda *args, **kwargs: 16)
+    monkeypatch.setattr(ops, 'block_sizes', lambda *args, **kwargs: [16])
     monkeypatch.setattr(ops, 'blocked_residual_mlp', _slowed(ops.blocked_residual_mlp, calls))
     monkeypatch.setattr(ops, 'linear_gelu', _slowed(ops.linear_gelu, calls))
     x, params, shortcut, scale = _inputs()
@@ -88,7 +88,7 @@ def test_the_residual_add_inside_the_product_is_a_candidate_only_without_a_layer
         monkeypatch, with_scale):
     if not ops.mkldnn_linear_available(torch.float32):
         pytest.skip('no oneDNN: only the plain ops exist here')
-    monkeypatch.setattr(ops, 'block_rows', lambda *args, **kwargs: 16)
+    monkeypatch.setattr(ops, 'block_sizes', lambda *args, **kwargs: [16])
     x, params, shortcut, scale = _inputs()
     scale = scale if with_scale else None
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_the_plain_policy_runs_no_fast_path(monkeypatch):
 def test_training_choice_times_forward_and_backward_without_touching_the_weights(monkeypatch):
     if not ops.mkldnn_linear_available(torch.float32):
         pytest.skip('no oneDNN: only the plain ops exist here')
-    monkeypatch.setattr(ops, 'block_rows', lambda *args, **kwargs: 16)
+    monkeypatch.setattr(ops, 'block_sizes', lambda *args, **kwargs: [16])
     x, params, _, _ = _inputs(rows=50)
     x.requires_grad_()
     for p in params:
@@ -207,3 +207,18 @@ def test_the_training_probe_inside_with_cp_leaves_gradients_equal():
     assert tuning.decisions()
     for (name, a), b in zip(cp.named_parameters(), plain.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-6), name
+
+
+def test_the_probe_times_several_block_sizes_around_the_l2_size(monkeypatch):
+    monkeypatch.setattr(ops, 'block_rows', lambda *args, **kwargs: 128)
+    assert ops.block_sizes(10_000, 384, 4) == [64, 128, 256, 512]
+    assert ops.block_sizes(600, 384, 4) == [64, 128, 256]  # at least two blocks each
+    assert ops.block_sizes(100, 384, 4) == []
+    if not ops.mkldnn_linear_available(torch.float32):
+        pytest.skip('no oneDNN: only the plain ops exist here')
+    x, params, shortcut, scale = _inputs(rows=600)
+    with torch.no_grad():
+        ops.residual_mlp(x, *params, shortcut, scale)
+    ((_, decision),) = tuning.decisions().items()
+    assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.blocked(64), ops.blocked(128),
+                                     ops.blocked(256)}
