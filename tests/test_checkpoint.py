@@ -232,3 +232,89 @@ def test_convert_checkpoint_cli_writes_a_native_file(tmp_path):
     model = ConvNeXt(V1, init_cfg=dict(type='Pretrained', checkpoint=str(dst)))
     model.init_weights()
     _assert_same_features(model, ref)
+
+
+# -- init_cfg prefix: mmengine's meaning on every layout -----------------------------------------
+# name -> (writer, arch, the prefix the layout's own keys carry, or None)
+PREFIXED = {
+    'official_classification': (layouts.official_classification, V1, None),
+    'official_dense': (layouts.official_dense, V1, 'backbone.'),
+    'mmpretrain_dense': (layouts.mmpretrain, V1, 'backbone.'),
+    'mmpretrain_classification': (
+        lambda sd, dims: layouts.mmpretrain(sd, dims, classification=True), V1, 'backbone.'),
+    'timm': (layouts.timm, V1, None),
+    'huggingface': (layouts.huggingface, V1, 'convnext.'),
+    'huggingface_v2': (lambda sd, dims: layouts.huggingface(sd, dims, v2=True), V2,
+                       'convnextv2.'),
+    'dinov3': (layouts.dinov3, V1, None),
+    # its final 'layer_norm' is not under 'model.', so prefix='model.' would (rightly) drop it
+    'dinov3_hf_model_prefix': (lambda sd, dims: layouts.dinov3_hf(sd, dims, prefix='model.'), V1,
+                               None),
+    'fcmae': (layouts.fcmae, V2, 'encoder.'),
+}
+
+
+def _tensors(ckpt):
+    for key in ('model', 'state_dict'):
+        if isinstance(ckpt.get(key), dict):
+            return ckpt[key]
+    return ckpt
+
+
+def _load(arch, path, caplog, prefix=None):
+    model = ConvNeXt(arch)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        load_pretrained(model, str(path), prefix=prefix, logger=logging.getLogger('t'))
+    return model.state_dict(), caplog.text
+
+
+@pytest.mark.parametrize('name', sorted(PREFIXED))
+def test_prefix_loads_the_same_weights_on_every_layout(name, tmp_path, caplog):
+    """prefix='backbone.' (what every mmdet/mmseg ConvNeXt config writes), the layout's own
+    prefix, and the file nested under 'teacher.' with prefix='teacher' all load exactly what the
+    file loads without a prefix."""
+    writer, arch, own_prefix = PREFIXED[name]
+    ref = _reference(arch, keep_norms=True)
+    ckpt = writer(ref.state_dict(), arch['dims'])
+    plain = tmp_path / 'plain.pth'
+    torch.save(ckpt, plain)
+    nested = tmp_path / 'nested.pth'
+    torch.save({'state_dict': {'teacher.' + k: v for k, v in _tensors(ckpt).items()}}, nested)
+    expected, _ = _load(arch, plain, caplog)
+    variants = [(plain, 'backbone.'), (nested, 'teacher'), (nested, 'teacher.')]
+    if own_prefix:
+        variants.append((plain, own_prefix))
+    for path, prefix in variants:
+        state, log = _load(arch, path, caplog, prefix=prefix)
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], v) for k, v in expected.items()), (path, prefix)
+        note = ("init_cfg prefix: no key of the file starts with the prefix 'backbone.', so the "
+                'whole file is read in its own layout')
+        fell_back = prefix == 'backbone.' and own_prefix != 'backbone.'
+        assert (note in log) == fell_back and log.count('init_cfg prefix') == fell_back, log
+
+
+@pytest.mark.parametrize('name', ['official_classification', 'mmpretrain_classification'])
+@pytest.mark.parametrize('prefix', [None, 'backbone.'])
+def test_the_classifiers_final_norm_is_never_loaded_with_or_without_prefix(name, prefix, tmp_path,
+                                                                          caplog):
+    writer, arch, _ = PREFIXED[name]
+    ref = _reference(arch, keep_norms=True)
+    path = tmp_path / 'cls.pth'
+    torch.save(writer(ref.state_dict(), arch['dims']), path)
+    state, log = _load(arch, path, caplog, prefix=prefix)
+    assert torch.equal(state['norm3.weight'], torch.ones(arch['dims'][-1]))
+    assert torch.equal(state['norm3.bias'], torch.zeros(arch['dims'][-1]))
+    assert 'norm0, norm1, norm2, norm3' in log  # all four kept at their initial values
+
+
+def test_prefix_takes_only_the_keys_under_it(tmp_path):
+    teacher = _reference(V1, keep_norms=True, seed=1).state_dict()
+    student = _reference(V1, keep_norms=True, seed=2).state_dict()
+    path = tmp_path / 'distill.pth'
+    torch.save({'state_dict': {**{'teacher.' + k: v for k, v in teacher.items()},
+                               **{'student.' + k: v for k, v in student.items()}}}, path)
+    model = ConvNeXt(V1)
+    load_pretrained(model, str(path), prefix='student.')
+    assert all(torch.equal(v, student[k]) for k, v in model.state_dict().items())

@@ -7,19 +7,27 @@ order, first match wins; shapes that differ from ours are fixed in :func:`_nativ
 :func:`unwrap_state_dict` is the one place that finds the weights inside a checkpoint and strips
 DDP's ``module.`` prefix.
 
+``prefix`` (``init_cfg=dict(type='Pretrained', prefix='backbone.')``) means what it means in
+mmengine (``_load_checkpoint_with_prefix`` in ``mmengine/runner/checkpoint.py``): the keys under
+it, with the prefix removed, are the weights; a prefix without its trailing dot gets one, as
+there. Where no key of the file has the prefix, the whole file is read in its own layout and
+:attr:`Converted.prefix_note` says so.
+
 Note:
     The classifier's final LayerNorm (official ``norm``, timm ``head.norm``, HF ``layernorm``,
     mmpretrain classification ``norm3``) normalises pooled features, not a feature map. As in the
     official detection/segmentation code, it is not loaded: ``norm3`` starts from weight 1,
-    bias 0. DINOv3's final norm is different: ``dinov3/models/convnext.py`` applies it to every
-    spatial patch token (and to the pooled token beside them), so it is a feature-map norm and
-    becomes our ``norm3``.
+    bias 0. Whether a file is a classification file (it has a classifier head) is decided on the
+    whole file, before any ``prefix`` is applied, so the prefix never changes what is loaded.
+    DINOv3's final norm is different: ``dinov3/models/convnext.py`` applies it to every spatial
+    patch token (and to the pooled token beside them), so it is a feature-map norm and becomes
+    our ``norm3``.
 """
 import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -99,6 +107,8 @@ _NOTES = {
     FCMAE: 'the FCMAE encoder has no output norms; its sparse-conv kernels were reshaped to dense '
            'convs, and the decoder, mask_token, proj and pred are pre-training only',
 }
+# The classifier of mmpretrain's ImageClassifier (LinearClsHead), beside its pooled-feature norm3.
+_CLASSIFIER = 'head.fc.weight'
 _WRAPPERS = ('state_dict', 'model', 'model_ema', 'module')
 _DDP_PREFIX = 'module.'
 
@@ -111,10 +121,13 @@ class Converted:
         state_dict (OrderedDict): Backbone weights under our key names.
         layout (str): The detected layout.
         unused (list[str]): Keys of the file that are not backbone weights (heads, neck, ...).
+        prefix_note (str): Set when a ``prefix`` was given and no key of the file has it: the
+            whole file was read in its own layout. '' otherwise.
     """
     state_dict: 'OrderedDict[str, torch.Tensor]'
     layout: str
     unused: List[str] = field(default_factory=list)
+    prefix_note: str = ''
 
     @property
     def note(self) -> str:
@@ -162,13 +175,16 @@ def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, t
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
-def convert_state_dict(checkpoint: Mapping[str, Any]) -> Converted:
+def convert_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Converted:
     """Detect the layout of a loaded checkpoint and rename its backbone weights to ours.
 
     Args:
         checkpoint (Mapping): What ``torch.load`` returned: ``{'model': ...}`` (official
             classification, FCMAE pre-training), ``{'state_dict': ...}`` (official dense,
             mmpretrain, mmdet/mmseg, ours) or a plain state dict (timm, HF transformers, DINOv3).
+        prefix (str, optional): Read only the keys under this prefix, stripped (e.g.
+            ``'backbone.'``), as mmengine's ``prefix`` does; where no key has it, the whole file
+            (see the module docstring). Defaults to None.
 
     Returns:
         Converted: weights, layout name and unused keys.
@@ -177,8 +193,20 @@ def convert_state_dict(checkpoint: Mapping[str, Any]) -> Converted:
         CheckpointError: When no ConvNeXt layout matches, or two keys of the file that name the
             same weight hold different values.
     """
-    layout, state = _detect(unwrap_state_dict(checkpoint))
-    classifier_norm = layout == MMPRETRAIN and 'head.fc.weight' in state
+    state = unwrap_state_dict(checkpoint)
+    # decided on the whole file, so that a prefix never changes whether norm3 is loaded
+    classifier = any(k == _CLASSIFIER or k.endswith('.' + _CLASSIFIER) for k in state)
+    prefix_note = ''
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        selected = select_prefix(state, prefix)
+        if selected:
+            state = selected
+        else:
+            prefix_note = (f'no key of the file starts with the prefix {prefix!r}, so the whole '
+                           'file is read in its own layout')
+    layout, state = _detect(state)
+    classifier_norm = layout == MMPRETRAIN and classifier
     renamed: OrderedDict[str, torch.Tensor] = OrderedDict()
     sources: Dict[str, str] = {}
     unused = []
@@ -201,13 +229,14 @@ def convert_state_dict(checkpoint: Mapping[str, Any]) -> Converted:
                                       f'both map to {key!r} but hold different values')
             continue
         renamed[key], sources[key] = value, original
-    return Converted(renamed, layout, unused)
+    return Converted(renamed, layout, unused, prefix_note)
 
 
 def _detect(state: Dict[str, torch.Tensor]) -> Tuple[str, Dict[str, torch.Tensor]]:
     keys = list(state)
-    for prefix in ('convnext.', 'convnextv2.'):
-        if any(k.startswith(prefix + 'embeddings.') for k in keys):
+    # '' too: what init_cfg prefix='convnext.' leaves of an HF file
+    for prefix in ('convnext.', 'convnextv2.', ''):
+        if any(k.startswith(prefix + 'embeddings.patch_embeddings.') for k in keys):
             return HF, _strip_prefix(state, prefix)
     if 'stem.0.weight' in state:
         return TIMM, state
@@ -218,6 +247,8 @@ def _detect(state: Dict[str, torch.Tensor]) -> Tuple[str, Dict[str, torch.Tensor
             return DINOV3_HF, _strip_prefix(state, prefix)
     if 'encoder.downsample_layers.0.0.weight' in state:
         return FCMAE, _strip_prefix(state, 'encoder.')
+    if 'downsample_layers.0.0.weight' in state and any(k.endswith('.kernel') for k in keys):
+        return FCMAE, state  # what init_cfg prefix='encoder.' leaves of an FCMAE file
     has_prefix = any(k.startswith('backbone.downsample_layers.') for k in keys)
     if has_prefix:
         state = _strip_prefix(state, 'backbone.')

@@ -1,4 +1,4 @@
-"""Loading weights into a model strictly: the one "does it fit" check and its one-line report.
+"""Loading weights into a model: the one "does it fit" check and its one-line reports.
 
 - :func:`load_pretrained` loads a ConvNeXt checkpoint of any layout into the backbone
   (``init_cfg=dict(type='Pretrained', ...)``);
@@ -8,21 +8,29 @@
 both through :func:`check_fit`: every weight of the model must be in the file with the same
 shape, and the file must hold nothing the model lacks, or a :class:`CheckpointError` lists the
 first differences in one line.
+
+- :func:`load_matching` is ``load_from`` and resume: what fits is loaded, as mmengine does
+  (fine-tuning with heads of another class count), and one line says how much, per part of the
+  model; a file of which nothing fits, or whose backbone is in another ConvNeXt layout, is refused
+  in one line that says what to write instead.
 """
+import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from mmengine.logging import MMLogger, print_log
 
 from .io import CheckpointError, read_checkpoint
 from .layouts import (
+    DINOV3,
+    OFFICIAL_CLS,
+    OFFICIAL_DENSE,
     OUTPUT_NORM,
     Converted,
     convert_state_dict,
     describe_arch,
-    select_prefix,
-    unwrap_state_dict,
 )
 
 SHOWN = 3  # keys named per kind of difference
@@ -116,7 +124,8 @@ def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = N
         model (nn.Module): The backbone.
         path (str): File path or URL.
         prefix (str, optional): Keep only keys under this prefix (stripped) before detection,
-            e.g. ``'backbone.'`` for a detector checkpoint. Defaults to None.
+            e.g. ``'backbone.'`` for a detector checkpoint; where no key has it, the whole file
+            is read in its own layout, with a log line (see ``layouts``). Defaults to None.
         logger (MMLogger, optional): Where to log; defaults to mmengine's current logger.
 
     Returns:
@@ -127,9 +136,7 @@ def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = N
     """
     raw = read_checkpoint(path)
     try:
-        if prefix:
-            raw = select_prefix(unwrap_state_dict(raw), prefix)
-        converted = convert_state_dict(raw)
+        converted = convert_state_dict(raw, prefix=prefix)
     except CheckpointError as err:
         raise CheckpointError(f'{path}: {err}') from None
     own = model.state_dict()
@@ -148,6 +155,8 @@ def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = N
     def log(msg: str) -> None:
         print_log(msg, logger=logger or 'current')
 
+    if converted.prefix_note:
+        log(f'init_cfg prefix: {converted.prefix_note} ({converted.layout}).')
     log(f'Loaded {len(converted.state_dict) - len(unused_norms)} ConvNeXt weights from {path} '
         f'(layout: {converted.layout}).')
     if converted.note:
@@ -163,3 +172,163 @@ def load_pretrained(model: torch.nn.Module, path: str, prefix: Optional[str] = N
         log(f'Ignored {len(skipped)} checkpoint keys outside this backbone: '
             f'{", ".join(h + ".*" for h in heads)}.')
     return converted
+
+
+# -- load_from and resume ----------------------------------------------------------------------
+#: Layouts whose backbone keys are already ours: a whole-model file in one of them needs no
+#: conversion.
+_OUR_NAMES = (OFFICIAL_DENSE, OFFICIAL_CLS, DINOV3)
+
+
+@dataclass
+class Match:
+    """What of a whole-model state dict fits a model (same key, same shape).
+
+    Attributes:
+        fitting (OrderedDict): The tensors to load, under the model's keys.
+        parts (list[tuple]): ``(part, loaded, total)`` per top-level module of the model
+            (``backbone``, ``neck``, ``rpn_head``, ...), in the model's order.
+        mismatched (list[str]): ``'key: checkpoint (shape) vs model (shape)'`` entries.
+        surplus (list[str]): Keys of the file the model does not have.
+    """
+    fitting: 'OrderedDict[str, torch.Tensor]'
+    parts: List[Tuple[str, int, int]]
+    mismatched: List[str] = field(default_factory=list)
+    surplus: List[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every model tensor is loaded and the file holds nothing else."""
+        return all(n == total for _, n, total in self.parts) and not self.surplus
+
+    def part(self, name: str) -> Tuple[int, int]:
+        """``(loaded, total)`` of one part, ``(0, 0)`` when the model has no such part."""
+        return next(((n, total) for p, n, total in self.parts if p == name), (0, 0))
+
+    def describe(self, source: str) -> str:
+        """The one summary line of a load."""
+        loaded = sum(n for _, n, _ in self.parts)
+        total = sum(t for _, _, t in self.parts)
+        text = (f'Loaded {loaded} of the model\'s {total} tensors from {source}: '
+                + ', '.join(f'{p} {n}/{t}' for p, n, t in self.parts))
+        if loaded < total:
+            text += ' (the others keep their initialisation)'
+        if self.mismatched:
+            text += (f'; {len(self.mismatched)} differ in shape, first '
+                     + '; '.join(self.mismatched[:SHOWN]))
+        if self.surplus:
+            text += (f'; {len(self.surplus)} tensors of the file are not in the model, first '
+                     f'{self.surplus[:SHOWN]}')
+        return text + '.'
+
+
+def match_state(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor]) -> Match:
+    """Which tensors of ``theirs`` fit ``own`` (a pure function).
+
+    Args:
+        own (Mapping): The model's state dict.
+        theirs (Mapping): The file's, under the model's names.
+
+    Returns:
+        Match: The fitting tensors and the counts per part.
+    """
+    fitting: OrderedDict[str, torch.Tensor] = OrderedDict()
+    mismatched = []
+    counts: Dict[str, List[int]] = {}
+    for key, value in own.items():
+        count = counts.setdefault(key.split('.')[0], [0, 0])
+        count[1] += 1
+        other = theirs.get(key)
+        if other is None:
+            continue
+        if tuple(other.shape) != tuple(value.shape):
+            mismatched.append(f'{key}: checkpoint {tuple(other.shape)} vs model '
+                              f'{tuple(value.shape)}')
+            continue
+        fitting[key] = other
+        count[0] += 1
+    surplus = [k for k in theirs if k not in own]
+    return Match(fitting, [(p, n, t) for p, (n, t) in counts.items()], mismatched, surplus)
+
+
+def load_matching(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                  logger: Optional[logging.Logger] = None) -> Match:
+    """Load what fits of a whole-model state dict (``load_from``, resume), with one log line.
+
+    Tensors of the model that the file lacks or holds in another shape keep their
+    initialisation, as with mmengine's ``load_checkpoint(strict=False)`` (fine-tuning a COCO
+    model on data with other classes). Instead of mmengine's lists of every unexpected and
+    missing key, one line counts what was loaded per part of the model (a warning unless
+    everything fit).
+
+    Args:
+        model (nn.Module): The model (not a wrapper).
+        state (Mapping): The file's tensors, under the model's names (e.g.
+            ``unwrap_state_dict(checkpoint)``).
+        source (str): The file, for the messages.
+        logger (Logger, optional): Where to log; defaults to mmengine's current logger.
+
+    Returns:
+        Match: What was loaded.
+
+    Raises:
+        CheckpointError: No tensor of the file fits the model (naming the file's layout, its
+            first keys and the model's, and for a ConvNeXt backbone file the ``init_cfg`` to
+            write instead); or the file's backbone is in another ConvNeXt layout (mmpretrain,
+            as in mmdet's model zoo), which would load only partly.
+    """
+    own = model.state_dict()
+    match = match_state(own, state)
+    if not match.fitting:
+        raise CheckpointError(_nothing_fits(source, own, state))
+    _refuse_foreign_backbone(model, state, match, source)
+    model.load_state_dict(match.fitting, strict=False)
+    print_log(match.describe(source), logger=logger or 'current',
+              level=logging.INFO if match.complete else logging.WARNING)
+    return match
+
+
+def _layout(state: Mapping[str, torch.Tensor], prefix: Optional[str] = None
+            ) -> Optional[Converted]:
+    try:
+        return convert_state_dict(state, prefix=prefix)
+    except CheckpointError:
+        return None
+
+
+def _nothing_fits(source: str, own: Mapping[str, torch.Tensor],
+                  theirs: Mapping[str, torch.Tensor]) -> str:
+    first_own = list(own)[:SHOWN]
+    converted = _layout(theirs)
+    whole = any(k.startswith('backbone.') for k in theirs)
+    if converted is not None and not whole:
+        return (f'load_from {source}: none of its {len(theirs)} tensors fits the model (first '
+                f'model keys {first_own}): it holds a ConvNeXt backbone alone (layout: '
+                f'{converted.layout}); load it into the backbone with model.backbone.init_cfg='
+                f"dict(type='Pretrained', checkpoint='{source}') and load_from=None")
+    what = (f'layout: {converted.layout}' if converted is not None
+            else 'not a ConvNeXt layout')
+    return (f'load_from {source}: none of its {len(theirs)} tensors fits the model ({what}; its '
+            f'first keys {list(theirs)[:SHOWN]}; the model\'s first keys {first_own}): is it a '
+            'checkpoint of this model?')
+
+
+def _refuse_foreign_backbone(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
+                             match: Match, source: str) -> None:
+    """A whole-model file whose backbone would load fully only after renaming is refused."""
+    backbone = getattr(model, 'backbone', None)
+    loaded, total = match.part('backbone')
+    if not isinstance(backbone, torch.nn.Module) or loaded == total:
+        return
+    converted = _layout(state, prefix='backbone.')
+    if converted is None or converted.prefix_note or converted.layout in _OUR_NAMES:
+        return
+    fit, _, _ = check_fit(backbone.state_dict(), converted.state_dict, optional=OUTPUT_NORM.match)
+    if fit:
+        raise CheckpointError(
+            f'load_from {source}: its backbone is in the {converted.layout} layout (as in '
+            f'mmdet\'s and mmseg\'s model zoos), so only {loaded} of the backbone\'s {total} '
+            'tensors would load: convert the file once with python '
+            f'tools/convert_mmdet2_checkpoint.py CONFIG {source} OUT.pth and load_from OUT.pth, '
+            "or load the backbone alone with model.backbone.init_cfg=dict(type='Pretrained', "
+            f"checkpoint='{source}', prefix='backbone.')")
