@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: generate data -> pretrain the backbone -> train + test Mask R-CNN (COCO bbox/segm mAP)
-# -> train + test UperNet (mIoU), on the CPU; each trained model is then exported to ONNX and
-# evaluated again in ONNX Runtime (same pipeline and metric); prints where the results are.
+# -> train + test UperNet (mIoU), on the CPU; each trained model is then tested again in bf16
+# (tools/test.py --bf16, where the CPU has native bf16), exported to ONNX and evaluated in ONNX
+# Runtime (same pipeline and metric); prints where the results are.
 #
 # Usage (from anywhere; `make demo` installs first, then runs this):
 #   bash tools/demo.sh                 # everything (DEMO=all)
@@ -100,10 +101,23 @@ export_and_test_onnx() {  # export_and_test_onnx NAME CONFIG WORK_DIR SIZE CFG_O
     "$PYTHON" tools/test_onnx.py "$config" "$work/model.onnx" --threads "$THREADS" \
         --work-dir "$work/onnxruntime" --cfg-options "$@"
 }
+test_bf16() {  # test_bf16 NAME CONFIG WORK_DIR CFG_OPTION...: test the last checkpoint under
+    # bf16 autocast into WORK_DIR/bf16 (where bf16 is native); the test stage stays open
+    local name=$1 config=$2 work=$3
+    shift 3
+    stage "test $name bf16"
+    "$PYTHON" tools/test.py "$config" "$(last_checkpoint "$work")" --bf16 --work-dir "$work/bf16" \
+        --cfg-options "$@"
+}
 metric() {  # metric JSON KEY [SCALE]: a value of test_metrics.json, times SCALE, 3 decimals
     "$PYTHON" -c 'import json, sys; m = json.load(open(sys.argv[1]))
 print(f"{float(m[sys.argv[2]]) * float(sys.argv[3]):.3f}")' "$1" "$2" "${3:-1}"
 }
+
+# bf16 is tested where it is native (convnext_backbone.machine.native_bf16); elsewhere
+# tools/test.py --bf16 refuses
+if "$PYTHON" -c 'import sys; from convnext_backbone import machine
+sys.exit(0 if machine.native_bf16() else 1)'; then BF16=1; else BF16=0; fi
 
 echo "[demo] DEMO=$DEMO QUICK=$QUICK threads=$THREADS data=$DATA_DIR work=$WORK_DIR"
 echo "[demo] wall-clock times depend on the machine and on what else runs on it"
@@ -130,6 +144,13 @@ if [ "$DEMO" != seg ]; then
     BBOX=$(metric "$DET_WORK/test_metrics.json" coco/bbox_mAP)
     SEGM=$(metric "$DET_WORK/test_metrics.json" coco/segm_mAP)
     done_stage "bbox mAP $BBOX, segm mAP $SEGM"
+    if [ "$BF16" = 1 ]; then
+        test_bf16 "Mask R-CNN" "$DET_CFG" "$DET_WORK" "${DET_DATA[@]}"
+        BF16_BBOX=$(metric "$DET_WORK/bf16/test_metrics.json" coco/bbox_mAP)
+        BF16_SEGM=$(metric "$DET_WORK/bf16/test_metrics.json" coco/segm_mAP)
+        done_stage "bbox mAP $BF16_BBOX, segm mAP $BF16_SEGM"
+        RESULTS+=("Mask R-CNN bf16: bbox mAP $BF16_BBOX, segm mAP $BF16_SEGM ($DET_WORK/bf16)")
+    fi
     export_and_test_onnx "Mask R-CNN" "$DET_CFG" "$DET_WORK" "$DET_SIZE" "${DET_DATA[@]}"
     ORT_BBOX=$(metric "$DET_WORK/onnxruntime/test_metrics.json" coco/bbox_mAP)
     ORT_SEGM=$(metric "$DET_WORK/onnxruntime/test_metrics.json" coco/segm_mAP)
@@ -150,6 +171,12 @@ if [ "$DEMO" != det ]; then
     # mmseg reports percentages
     MIOU=$(metric "$SEG_WORK/test_metrics.json" mIoU 0.01)
     done_stage "mIoU $MIOU"
+    if [ "$BF16" = 1 ]; then
+        test_bf16 UperNet "$SEG_CFG" "$SEG_WORK" "${SEG_DATA[@]}"
+        BF16_MIOU=$(metric "$SEG_WORK/bf16/test_metrics.json" mIoU 0.01)
+        done_stage "mIoU $BF16_MIOU"
+        RESULTS+=("UperNet bf16: mIoU $BF16_MIOU ($SEG_WORK/bf16)")
+    fi
     export_and_test_onnx UperNet "$SEG_CFG" "$SEG_WORK" "$SEG_SIZE" "${SEG_DATA[@]}"
     ORT_MIOU=$(metric "$SEG_WORK/onnxruntime/test_metrics.json" mIoU 0.01)
     done_stage "mIoU $ORT_MIOU"
