@@ -2,6 +2,10 @@
 
 ``tools/train.py``, ``tools/test.py`` and the other tools import this module; they never import
 each other.
+
+Errors a user can act on (a bad checkpoint, dataset, model config or work dir, a non-finite
+loss) end a tool with one line; ``--debug`` or ``CONVNEXT_DEBUG=1`` shows the full traceback
+instead.
 """
 import argparse
 import contextlib
@@ -9,6 +13,7 @@ import logging
 import os
 import os.path as osp
 import sys
+import tempfile
 from typing import Iterator, List, NoReturn, Optional, Sequence
 
 import torch
@@ -24,6 +29,9 @@ _AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
 #: sysexits.h ("try again later"). ``tools/slurm_train.sh`` requeues on it and
 #: ``tools/dist_launch.sh`` returns it; both spell it out, as shell cannot import it.
 EXIT_STOPPED = 75
+#: Set (to anything but '' or '0') for full tracebacks instead of one-line errors.
+DEBUG_ENV = 'CONVNEXT_DEBUG'
+_BACKBONE_TYPE = 'convnext_backbone.ConvNeXt'
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -41,11 +49,25 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         'inside a value)')
 
 
+def add_debug_arg(parser: argparse.ArgumentParser) -> None:
+    """``--debug``: full tracebacks instead of one-line errors (sets ``CONVNEXT_DEBUG=1``)."""
+    parser.add_argument('--debug', action='store_true',
+                        help=f'show the full traceback of an error instead of one line (same as '
+                        f'{DEBUG_ENV}=1)')
+
+
+def debug_enabled() -> bool:
+    """Whether ``--debug`` was given or ``CONVNEXT_DEBUG`` is set."""
+    return os.environ.get(DEBUG_ENV, '') not in ('', '0')
+
+
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
-    """``--work-dir``, ``--cfg-options`` and ``--launcher``, for the tools that run a Runner."""
+    """``--work-dir``, ``--cfg-options``, ``--launcher`` and ``--debug``, for the tools that run
+    a Runner."""
     parser.add_argument('--work-dir', help='directory for logs, checkpoints and results '
                         '(default: ./work_dirs/<config name>)')
     add_config_args(parser)
+    add_debug_arg(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher: none (one process), pytorch (torchrun, see '
                         'dist_train.sh) or slurm (srun, see slurm_train.sh)')
@@ -56,10 +78,13 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
 
 def parse_args(parser: argparse.ArgumentParser,
                argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """``parser.parse_args`` that also exports ``--local-rank`` as ``LOCAL_RANK``."""
+    """``parser.parse_args`` that also exports ``--local-rank`` as ``LOCAL_RANK`` and
+    ``--debug`` as ``CONVNEXT_DEBUG=1`` (so the runner and every rank see it)."""
     args = parser.parse_args(argv)
     if getattr(args, 'local_rank', None) is not None:
         os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if getattr(args, 'debug', False):
+        os.environ[DEBUG_ENV] = '1'
     return args
 
 
@@ -119,29 +144,112 @@ def use_fp32_without_gpu(cfg: Config) -> None:
 
 
 def build_runner(cfg: Config):
-    """The config's runner (``RUNNERS.build(cfg)``, as mmdet's and mmseg's tools do)."""
+    """The config's runner (``RUNNERS.build(cfg)``, as mmdet's and mmseg's tools do), after
+    :func:`check_backbone` and :func:`writable_dir` on the work dir, so that their mistakes come
+    before the runner's environment and config log.
+
+    Raises:
+        ModelBuildError: The backbone's arguments are wrong, or (from the runner) the model
+            cannot be built.
+    """
     from mmengine.registry import RUNNERS
+    check_backbone(cfg)
+    writable_dir(cfg.work_dir)
     return RUNNERS.build(cfg)
 
 
+def check_backbone(cfg: Config) -> None:
+    """Build the config's ``convnext_backbone.ConvNeXt`` on the meta device (no memory, no
+    weights read) to check its arguments.
+
+    mmseg's ``EncoderDecoder`` passes ``model.pretrained`` to the backbone
+    (``mmseg/models/segmentors/encoder_decoder.py``), so it is checked as the backbone's.
+
+    Args:
+        cfg (Config): An mmdet or mmseg config (a TTA model's ``module`` is looked into).
+
+    Raises:
+        ModelBuildError: ``model.backbone: MESSAGE``, one line.
+    """
+    from .convnext import ConvNeXt
+    from .engine.runner import ModelBuildError
+    model = cfg.get('model')
+    while isinstance(model, dict) and 'backbone' not in model and isinstance(
+            model.get('module'), dict):
+        model = model['module']
+    backbone = model.get('backbone') if isinstance(model, dict) else None
+    if not isinstance(backbone, dict) or backbone.get('type') not in (_BACKBONE_TYPE, ConvNeXt):
+        return
+    kwargs = {k: v for k, v in backbone.items() if k != 'type'}
+    if cfg.get('default_scope') == 'mmseg' and model.get('pretrained') is not None:
+        kwargs.setdefault('pretrained', model['pretrained'])
+    try:
+        with torch.device('meta'):
+            ConvNeXt(**kwargs)
+    except (ValueError, TypeError) as err:
+        if debug_enabled():
+            raise
+        raise ModelBuildError(f'model.backbone: {err}') from None
+
+
+def writable_dir(path: str, option: str = '--work-dir') -> str:
+    """``path``, created if needed; a folder that cannot be written ends the tool in one line.
+
+    Args:
+        path (str): The folder.
+        option (str): The option that chooses it, for the message. Defaults to '--work-dir'.
+
+    Returns:
+        str: ``path``.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix='.write-test-'):
+            pass
+    except OSError as err:
+        fail(f'cannot write to {path} ({err.strerror or type(err).__name__}): choose a writable '
+             f'folder with {option}')
+    return path
+
+
 def user_errors() -> tuple:
-    """Errors whose message tells the whole story: a bad checkpoint or dataset, a non-finite
-    loss, a launcher without its environment."""
+    """Errors whose message tells the whole story: a bad checkpoint, dataset or model config,
+    a non-finite loss, bf16 asked for where it is not native."""
     from .checkpoint import CheckpointError
     from .engine.hooks import NonFiniteLossError
     from .engine.preflight import DatasetError
-    return CheckpointError, DatasetError, NonFiniteLossError
+    from .engine.runner import ModelBuildError
+    from .precision import BF16Error
+    return CheckpointError, DatasetError, NonFiniteLossError, ModelBuildError, BF16Error
+
+
+@contextlib.contextmanager
+def building_model() -> Iterator[None]:
+    """Turn any error raised inside (other than :func:`user_errors`) into a one-line
+    ``ModelBuildError``, for tools that build a model outside the runner (``tools/infer.py``)."""
+    from .engine.runner import explain_model_error
+    try:
+        yield
+    except user_errors():
+        raise
+    except Exception as err:  # noqa: BLE001 - a config mistake becomes one line
+        if debug_enabled():
+            raise
+        raise explain_model_error(err) from err
 
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn :func:`user_errors` raised inside into ``fail(message, code=1)``, and a stop on a
-    signal (``TrainingStopped``, its checkpoint written) into exit status :data:`EXIT_STOPPED`."""
+    """Turn :func:`user_errors` raised inside into ``fail(message, code=1)`` (re-raised with
+    ``--debug``), and a stop on a signal (``TrainingStopped``, its checkpoint written) into exit
+    status :data:`EXIT_STOPPED`."""
     from .engine.dist import close_process_group
     from .engine.preemption import TrainingStopped
     try:
         yield
     except user_errors() as err:
+        if debug_enabled():
+            raise
         fail(str(err), code=1)
     except TrainingStopped:  # every rank stops at the same iteration
         close_process_group()

@@ -66,6 +66,104 @@ def test_bad_backbone_argument_is_named_with_what_is_allowed(kwargs, message):
     _one_line(str(err.value))
 
 
+# -- keywords of mmpretrain's ConvNeXt (mmdet's and mmseg's ConvNeXt configs) -------------------
+@pytest.mark.parametrize('kwargs, check', [
+    (dict(gap_before_final_norm=False), lambda m: m.out_indices == (0, 1, 2, 3)),
+    (dict(norm_cfg=dict(type='LN2d', eps=1e-5)),
+     lambda m: {mod.eps for mod in m.modules() if isinstance(mod, nn.LayerNorm)} == {1e-5}),
+    (dict(norm_cfg=dict(type='LN')),
+     lambda m: {mod.eps for mod in m.modules() if isinstance(mod, nn.LayerNorm)} == {1e-6}),
+    (dict(use_grn=True, layer_scale_init_value=0.),
+     lambda m: m.use_grn and m.stages[0][0].grn is not None and m.stages[0][0].gamma is None),
+    (dict(use_grn=False), lambda m: not m.use_grn),
+    (dict(linear_pw_conv=True), lambda m: isinstance(m.stages[0][0].pwconv1, nn.Linear)),
+    (dict(linear_pw_conv=False), lambda m: isinstance(m.stages[0][0].pwconv1, nn.Linear)),
+    (dict(stem_patch_size=4), lambda m: m.downsample_layers[0][0].stride == (4, 4)),
+    (dict(act_cfg=dict(type='GELU')), lambda m: isinstance(m.stages[0][0].act, nn.GELU)),
+    (dict(pretrained=None), lambda m: True),
+    (dict(arch=dict(depths=[1, 1, 1, 1], channels=[8, 16, 32, 64])),
+     lambda m: m.dims == (8, 16, 32, 64)),
+    (dict(arch='atto', use_grn=True), lambda m: m.dims == (40, 80, 160, 320) and m.use_grn),
+    (dict(arch='tiny', use_grn=True), lambda m: m.depths == (3, 3, 9, 3) and m.use_grn),
+])
+def test_mmpretrain_keywords_that_describe_this_backbone_are_accepted(kwargs, check):
+    with torch.device('meta'):
+        model = ConvNeXt(**{'arch': SMALL, **kwargs})
+    assert check(model)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(gap_before_final_norm=True), 'gap_before_final_norm=True is not supported by '
+     'convnext_backbone.ConvNeXt: mmpretrain pools each output to a vector'),
+    (dict(norm_cfg=dict(type='BN')), "norm_cfg={'type': 'BN'} is not supported: ConvNeXt's norms "
+     "are LayerNorms over channels, write norm_cfg=dict(type='LN2d', eps=1e-6) or leave it out"),
+    (dict(norm_cfg=dict(type='LN2d', requires_grad=False)), "norm_cfg={'type': 'LN2d', "
+     "'requires_grad': False} is not supported"),
+    (dict(norm_cfg=dict(type='LN2d', eps=0)), 'norm_cfg eps=0 must be a positive number'),
+    (dict(stem_patch_size=2), 'stem_patch_size=2 is not supported by convnext_backbone.ConvNeXt: '
+     'the stem is the official 4x4 conv of stride 4'),
+    (dict(act_cfg=dict(type='ReLU')), "act_cfg={'type': 'ReLU'} is not supported by "
+     'convnext_backbone.ConvNeXt: the blocks use GELU'),
+    (dict(pretrained='open-mmlab://resnet50_v1c'), "pretrained='open-mmlab://resnet50_v1c' is not "
+     "an argument of convnext_backbone.ConvNeXt: load weights with init_cfg=dict(type="
+     "'Pretrained', checkpoint=...), and set model.pretrained=None where a base config sets it"),
+    (dict(arch='v2-tiny', use_grn=False), "use_grn=False contradicts arch='v2-tiny': it has GRN"),
+    (dict(in_chans=3), 'unknown argument in_chans=3 of convnext_backbone.ConvNeXt: write '
+     'in_channels=... instead'),
+    (dict(depths=[3, 3, 9, 3]), 'unknown argument depths=[3, 3, 9, 3] of convnext_backbone.'
+     'ConvNeXt: write arch=dict(depths=..., dims=...) instead'),
+    (dict(drop_path=0.1), 'write drop_path_rate=... instead'),
+    (dict(widen=2), 'unknown argument widen=2 of convnext_backbone.ConvNeXt: its arguments are '
+     'arch, in_channels'),
+])
+def test_keywords_without_a_meaning_here_are_refused_in_one_line(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        ConvNeXt(**{'arch': SMALL, **kwargs})
+    _one_line(str(err.value))
+
+
+@pytest.mark.parametrize('config', [
+    'mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py',
+    'mmseg::convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'])
+def test_mmdet_and_mmseg_convnext_configs_take_our_backbone_by_its_type_alone(config, tmp_path):
+    """Their backbone (type='mmpretrain.ConvNeXt' with gap_before_final_norm=False and
+    init_cfg prefix='backbone.') with only the type changed."""
+    pytest.importorskip(config.split('::')[0])
+    from mmengine.config import Config
+    from mmengine.registry import MODELS
+
+    from convnext_backbone import cli
+    (tmp_path / 'theirs.py').write_text(
+        f"_base_ = [{config!r}]\nmodel = dict(backbone=dict(type='convnext_backbone.ConvNeXt'))\n")
+    cfg = Config.fromfile(str(tmp_path / 'theirs.py'), import_custom_modules=False)
+    cli.check_backbone(cfg)
+    with torch.device('meta'):
+        model = MODELS.build(cfg.model.backbone)
+    assert model.dims == (96, 192, 384, 768) and model.out_indices == (0, 1, 2, 3)
+    assert model.init_cfg['prefix'] == 'backbone.'
+
+
+def test_model_pretrained_of_mmseg_upernet_r50_base_is_named_with_what_to_write(tmp_path):
+    """mmseg's upernet_r50.py sets model.pretrained, which EncoderDecoder passes on."""
+    pytest.importorskip('mmseg')
+    from mmengine.config import Config
+
+    from convnext_backbone import cli
+    from convnext_backbone.engine.runner import ModelBuildError
+    config = tmp_path / 'upernet.py'
+    config.write_text("_base_ = ['mmseg::_base_/models/upernet_r50.py']\ndefault_scope = 'mmseg'\n"
+                      "model = dict(backbone=dict(_delete_=True, type='convnext_backbone.ConvNeXt'"
+                      ", arch='tiny'))\n")
+    cfg = Config.fromfile(str(config))
+    with pytest.raises(ModelBuildError) as err:
+        cli.check_backbone(cfg)
+    assert str(err.value).startswith("model.backbone: pretrained='open-mmlab://resnet50_v1c' is "
+                                     'not an argument of convnext_backbone.ConvNeXt')
+    _one_line(str(err.value))
+    cfg.model.pretrained = None
+    cli.check_backbone(cfg)
+
+
 def test_bad_arch_in_a_config_keeps_its_message_through_the_registry():
     from mmengine.registry import MODELS
     with pytest.raises(ValueError, match="unknown ConvNeXt arch 'tinyy'") as err:
@@ -323,6 +421,85 @@ def test_missing_config_path_is_one_line_without_traceback(tmp_path, tool, extra
     assert f'config file not found: {missing}' in proc.stderr
 
 
+# -- model configs and work dirs through the tools ------------------------------------------------
+def _run_tool(tool, args, cwd, prefix=(), **env):
+    return subprocess.run(list(prefix) + [PY, os.path.join(ROOT, 'tools', f'{tool}.py')]
+                          + [str(a) for a in args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS='1', **env))
+
+
+def _tiny_seg_config(tmp_path, arch="dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))",
+                     head='FCNHead'):
+    config = tmp_path / 'tiny.py'
+    config.write_text(f'DATA_ROOT = {str(tmp_path / "no_data")!r}\n'
+                      + MISSING_DATA_CONFIG.replace("arch=dict(depths=(1, 1, 1, 1), dims=(8, 16, "
+                                                    "32, 64))", f'arch={arch}')
+                      .replace("type='FCNHead'", f'type={head!r}'))
+    return config
+
+
+@pytest.mark.parametrize('tool', ['train', 'test', 'infer'])
+def test_bad_backbone_argument_stops_each_tool_in_one_line_before_any_log(tmp_path, tool):
+    config = _tiny_seg_config(tmp_path, arch="'tinyy'")
+    (tmp_path / 'ckpt.pth').write_bytes(b'')
+    cv2.imwrite(str(tmp_path / 'img.jpg'), np.zeros((40, 40, 3), np.uint8))
+    extra = {'train': ['--work-dir', tmp_path / 'w'], 'test': [tmp_path / 'ckpt.pth'],
+             'infer': [tmp_path / 'ckpt.pth', tmp_path / 'img.jpg', '--out', tmp_path / 'o']}
+    proc = _run_tool(tool, [config] + extra[tool], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert 'Traceback' not in output and 'System environment' not in output, output[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"{tool}.py: error: model.backbone: unknown ConvNeXt arch 'tinyy'; choose one of tiny, "
+        'small, base, large, xlarge, v2-atto, v2-femto, v2-pico, v2-nano, v2-tiny, v2-base, '
+        'v2-large, v2-huge or dict(depths=..., dims=...)'], proc.stderr
+
+
+@pytest.mark.parametrize('switch', [['--debug'], 'CONVNEXT_DEBUG'])
+def test_debug_shows_the_full_traceback(tmp_path, switch):
+    config = _tiny_seg_config(tmp_path, arch="'tinyy'")
+    args, env = ([config] + switch, {}) if isinstance(switch, list) else ([config], {switch: '1'})
+    proc = _run_tool('train', args + ['--work-dir', tmp_path / 'w'], tmp_path, **env)
+    assert proc.returncode != 0
+    assert 'Traceback (most recent call last)' in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "ValueError: unknown ConvNeXt arch 'tinyy'"), proc.stderr[-2000:]
+
+
+def test_model_error_outside_the_backbone_is_the_last_line(tmp_path):
+    pytest.importorskip('mmseg')
+    config = _tiny_seg_config(tmp_path, head='FCNHeadd')
+    proc = _run_tool('train', [config, '--work-dir', tmp_path / 'w'], tmp_path)
+    assert proc.returncode == 1
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('train.py: error: cannot build the model: FCNHeadd is not in the '
+                           'mmseg::model registry'), last
+
+
+def test_read_only_work_dir_is_one_line(tmp_path):
+    """As root, the tool runs without the capabilities that let root write anywhere."""
+    import shutil
+    prefix = ()
+    if os.geteuid() == 0:
+        if not shutil.which('setpriv'):
+            pytest.skip('root without setpriv: a read-only folder cannot be made')
+        prefix = ('setpriv', '--bounding-set=-dac_override,-dac_read_search,-fowner', '--')
+    config = _tiny_seg_config(tmp_path)
+    work = tmp_path / 'read_only'
+    work.mkdir()
+    work.chmod(0o555)
+    try:
+        proc = _run_tool('train', [config, '--work-dir', work], tmp_path, prefix=prefix)
+    finally:
+        work.chmod(0o755)
+    assert proc.returncode != 0
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f'train.py: error: cannot write to {work} (Permission denied): choose a writable folder '
+        'with --work-dir'], proc.stderr
+
+
 # -- datasets --------------------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def demo_data(tmp_path_factory):
@@ -359,7 +536,11 @@ def _det_dataset(root, **dataset):
 
 
 def _seg_dataset(root, **dataset):
-    ds = dict(type='ADE20KDataset', data_root=str(root / 'ade'), pipeline=[],
+    """The demo's ADE20K-layout set: label 0 is "other" (ignored), 1..8 its 8 classes."""
+    from make_demo_data import SEG_CLASSES
+    ds = dict(type='BaseSegDataset', data_root=str(root / 'ade'), pipeline=[],
+              img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=True,
+              metainfo=dict(classes=SEG_CLASSES),
               data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'))
     ds.update(dataset)
     return ds
@@ -427,7 +608,7 @@ def _no_bbox(data):
     ('too few num_classes', 'train_dataloader.dataset.dataset has 4 classes but '
                             'model.roi_head.bbox_head.num_classes is 3: set num_classes=4'),
     ('empty image folder', 'image folder {root}/empty is empty'),
-    ('missing images', '3 of the first 3 images listed in '
+    ('missing images', '3 of the 3 images listed in '
                        '{root}/coco/annotations/instances_train.json are not in {root}/ade'),
 ])
 def test_bad_coco_dataset_is_named_before_training(demo_data, tmp_path, case, message):
@@ -467,6 +648,11 @@ def test_bad_coco_dataset_is_named_before_training(demo_data, tmp_path, case, me
     ('missing labels', 'label folder not found: {root}/ade/annotations/nope'),
     ('label beyond num_classes', 'label map {root}/ade/annotations/training/000000.png holds '
                                  'class value 8, beyond decode_head.num_classes=3'),
+    ('num_classes not the classes', "train_dataloader.dataset has 8 classes ('sky', 'grass', "
+                                    "'water', 'sand', 'circle', 'triangle', ... (8 in all)) but "
+                                    'model.decode_head.num_classes is 3: set num_classes=8'),
+    ('background dropped', "the first class of train_dataloader.dataset is 'background', but "
+                           'reduce_zero_label=True ignores label 0'),
 ])
 def test_bad_segmentation_dataset_is_named_before_training(demo_data, tmp_path, case, message):
     pytest.importorskip('mmseg')
@@ -479,9 +665,14 @@ def test_bad_segmentation_dataset_is_named_before_training(demo_data, tmp_path, 
         'no images of the suffix': lambda: _seg_dataset(root, img_suffix='.png'),
         'missing labels': lambda: _seg_dataset(root, data_prefix=dict(
             img_path='images/training', seg_map_path='annotations/nope')),
-        'label beyond num_classes': lambda: _seg_dataset(root),
+        'label beyond num_classes': lambda: _seg_dataset(
+            root, metainfo=dict(classes=('a', 'b', 'c'))),
+        'num_classes not the classes': lambda: _seg_dataset(root),
+        'background dropped': lambda: _seg_dataset(
+            root, metainfo=dict(classes=('background', 'sky', 'grass'))),
     }[case]()
-    model = Heads(seg_classes=3) if case == 'label beyond num_classes' else None
+    model = Heads(seg_classes=3) if case in ('label beyond num_classes',
+                                             'num_classes not the classes') else None
     with pytest.raises(DatasetError) as err:
         _build_loader(tmp_path, 'mmseg', dataset, model)
     assert str(err.value).startswith(message.format(root=root)), str(err.value)

@@ -2,7 +2,7 @@
 
 Usage:
     python tools/infer.py CONFIG CHECKPOINT IMAGE_OR_FOLDER [...] --out DIR
-        [--score-thr 0.3] [--device cpu]
+        [--score-thr 0.3] [--device cuda|cpu] [--bf16] [--debug]
 
 mmdet configs run through mmdet's ``DetInferencer`` and draw boxes and masks; mmseg configs
 through mmseg's ``MMSegInferencer`` and draw coloured class overlays (see
@@ -16,15 +16,17 @@ Writes:
     DIR/predictions.json     one entry per image, see ``--help``
 """
 import argparse
+import contextlib
+import functools
 import json
-import os
 import os.path as osp
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
-from convnext_backbone import cli
+from convnext_backbone import cli, precision
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -43,8 +45,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: lowest score drawn and saved (default 0.3)')
-    parser.add_argument('--device', default='cpu', help="torch device (default 'cpu')")
-    return parser.parse_args(argv)
+    default_device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    parser.add_argument('--device', default=default_device,
+                        help=f"torch device (default 'cuda' where CUDA is available, else 'cpu'; "
+                        f"here {default_device!r})")
+    parser.add_argument('--bf16', action='store_true',
+                        help='run under bfloat16 autocast, with mmcv ops and the heads\' output '
+                        'layers in float32 (convnext_backbone.precision); refused where bf16 is '
+                        'not native')
+    cli.add_debug_arg(parser)
+    return cli.parse_args(parser, argv)
 
 
 def _output_name(path: str, used: set) -> str:
@@ -71,18 +81,27 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         segmentation_entry,
     )
     args = parse_args(argv)
-    scope = cli.read_config(args.config).get('default_scope')
+    cfg = cli.read_config(args.config)
+    scope = cfg.get('default_scope')
     if scope not in TASKS:
         cli.fail(f"{args.config} has default_scope={scope!r}; infer.py handles 'mmdet' "
                  "(detection) and 'mmseg' (segmentation) configs")
     checkpoint = cli.existing_checkpoint(args.checkpoint)
     images = cli.image_files(args.images, IMAGE_EXTENSIONS)
-    with cli.one_line_errors():
-        inferencer, scope = build_inferencer(args.config, checkpoint, args.device)
-    classes = inferencer.model.dataset_meta['classes']
-    os.makedirs(osp.join(args.out, 'vis'), exist_ok=True)
+    cli.writable_dir(osp.join(args.out, 'vis'), option='--out')
     if scope == 'mmseg':
-        os.makedirs(osp.join(args.out, 'seg'), exist_ok=True)
+        cli.writable_dir(osp.join(args.out, 'seg'), option='--out')
+    with cli.one_line_errors():
+        if args.bf16:
+            precision.check_bf16(args.device)
+        cli.check_backbone(cfg)
+        with cli.building_model():
+            inferencer, scope = build_inferencer(args.config, checkpoint, args.device)
+    autocast = contextlib.nullcontext
+    if args.bf16:
+        precision.prepare_bf16(inferencer.model)
+        autocast = functools.partial(precision.bf16_autocast, args.device)
+    classes = inferencer.model.dataset_meta['classes']
 
     entries: List[Dict[str, Any]] = []
     failed: List[str] = []
@@ -94,7 +113,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         except ValueError as err:
             failed.append(str(err))
         else:
-            sample = predict(inferencer, scope, img)
+            with autocast():
+                sample = predict(inferencer, scope, img)
             name = _output_name(path, used)
             vis_path = osp.join(args.out, 'vis', name)
             entry: Dict[str, Any] = {'image': path, 'width': int(img.shape[1]),

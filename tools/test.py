@@ -3,21 +3,24 @@
 Usage::
 
     python tools/test.py CONFIG CHECKPOINT [--tta] [--show-dir DIR] [--out FILE_OR_DIR]
-        [--work-dir DIR] [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm]
+        [--work-dir DIR] [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm] [--debug]
+        [--bf16]
     bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCESSES [ARGS ...]
 
 The checkpoint must fit the config's model exactly (every weight, every shape), or the run stops
 naming the first differences. Metrics are logged and written to ``<work_dir>/test_metrics.json``.
+Errors are one line (``--debug``: the full traceback).
 """
 import argparse
 import json
 import os.path as osp
 
+import torch
 from mmengine.config import ConfigDict
 from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 
-from convnext_backbone import cli
+from convnext_backbone import cli, precision
 from convnext_backbone.engine.dist import close_process_group
 
 # mmdet's default flip TTA, as mmdet's tools/test.py builds it for configs without tta_model.
@@ -48,6 +51,10 @@ def parse_args() -> argparse.Namespace:
         '--out',
         help='mmdet: dump the raw predictions to this .pkl file; mmseg: write the predicted '
         'label maps as PNG files into this directory')
+    parser.add_argument(
+        '--bf16', action='store_true',
+        help='test under bfloat16 autocast, with mmcv ops and the heads\' output layers in '
+        'float32 (convnext_backbone.precision); refused where bf16 is not native')
     cli.add_runner_args(parser)
     return cli.parse_args(parser)
 
@@ -118,6 +125,8 @@ def main() -> None:
         cli.fail(f'--out {args.out}: mmdet predictions are dumped to a .pkl file')
 
     with cli.one_line_errors():
+        if args.bf16:
+            precision.use_bf16(cfg, 'cuda' if torch.cuda.is_available() else 'cpu')
         runner = cli.build_runner(cfg)
         if args.out is not None and cfg.default_scope == 'mmdet':
             from mmdet.evaluation import DumpDetResults

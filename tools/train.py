@@ -3,12 +3,16 @@
 Usage::
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr]
-        [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm]
+        [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm] [--debug]
     bash tools/dist_train.sh CONFIG NUM_PROCESSES [ARGS ...]     # torchrun, one process per GPU
 
 The config's ``default_scope`` ('mmdet' or 'mmseg') selects the codebase; its ``runner_type``
 the runner (``convnext_backbone.ResumableRunner`` when it names none). Without CUDA the run
 trains in fp32, and distributed runs use gloo and a CPU DistributedDataParallel.
+
+Mistakes in the model config, the data, the checkpoints or the work dir end the run with one
+line (before the runner logs its environment, where they can be found then); ``--debug`` (or
+``CONVNEXT_DEBUG=1``) shows the full traceback instead.
 
 SIGTERM or SIGUSR1 stops training after the current iteration with a checkpoint of it and exit
 status 75 (``cli.EXIT_STOPPED``). A restarted job (SLURM_RESTART_COUNT or

@@ -7,23 +7,29 @@ patching of mmengine):
    ``load_checkpoint`` itself): torch's ``weights_only`` unpickling with a short allowlist, so
    mmengine's own checkpoints load under torch >= 2.6 and nothing else is unpickled; unreadable
    files are one-line ``CheckpointError``\\ s; ``strict=True`` loads go through the one strict
-   fit check.
+   fit check. ``load_from`` and resume load what fits, as mmengine does, with one summary line
+   per load instead of mmengine's key lists, and refuse a file of which nothing fits (a
+   backbone-only file gets the ``init_cfg`` to write instead) or whose backbone is in another
+   ConvNeXt layout (:func:`~convnext_backbone.checkpoint.load.load_matching`).
 2. **Checkpoints are written atomically** (:func:`.checkpoint_files.atomic_target`): a crash
    while saving leaves the previous checkpoint intact and no partial file under a checkpoint
    name; ``last_checkpoint`` (written by mmengine's ``CheckpointHook`` after the save returns)
    never names a partial file.
 3. **``resume=True`` without a file** continues from the checkpoint named in ``last_checkpoint``
    if it is complete, otherwise the newest complete one (:func:`.find_resumable_checkpoint`).
-4. **Datasets are checked** (:mod:`.preflight`) once, on rank 0, around each dataloader's
-   construction: missing folders and files before the dataset is built, parse errors of the
-   annotation file named, and what the built dataset parsed (classes, category ids, images,
-   label values) after it; each problem is one ``DatasetError`` line.
+4. **Datasets are checked** (:mod:`.preflight`) once, on rank 0: when ``train()``, ``val()``
+   or ``test()`` starts, the files and folders of every dataloader and evaluator it will use,
+   all problems in one ``DatasetError`` line; around each dataloader's construction, parse
+   errors of the annotation file named, and what the built dataset parsed (classes, category
+   ids, every image file, label values) after it.
 5. **Non-finite losses stop training** (:class:`.FiniteLossHook`, registered unless the config
-   has one).
+   has one); the fast-path decisions of the run are saved (:class:`.FastPathsHook`, likewise).
 6. **SIGTERM and SIGUSR1 stop training at a checkpoint of the current iteration** on every rank
    (:class:`.StopOnSignalHook`, registered unless the config has one; :mod:`.preemption`).
 7. **Distributed runs without CUDA** start a gloo process group and wrap the model in
    :class:`.CPUDistributedDataParallel` (:mod:`.dist` says why mmengine cannot).
+8. **A model that cannot be built** is a one-line :class:`ModelBuildError` (``CONVNEXT_DEBUG=1``
+   for the traceback).
 
 Exact mid-epoch resume is the train loop's job: ``train_cfg.type =
 'convnext_backbone.ResumableEpochBasedTrainLoop'`` (our recipe bases set it).
@@ -32,7 +38,8 @@ Select it with ``runner_type = 'convnext_backbone.ResumableRunner'``; our tools 
 config that names no ``runner_type``.
 """
 import os
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.dist import broadcast_object_list, master_only
@@ -42,15 +49,39 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from ..checkpoint import CheckpointError, check_fit, read_checkpoint, unwrap_state_dict
+from ..checkpoint.load import load_matching
 from ..registry import RUNNERS, SCOPE
 from . import preflight
 from .checkpoint_files import atomic_target, find_resumable_checkpoint
 from .dist import CPUDistributedDataParallel, init_cpu_process_group, on_rank0
-from .hooks import FiniteLossHook
+from .hooks import FastPathsHook, FiniteLossHook
 from .preemption import StopOnSignalHook
 from .preflight import DatasetError
 
 _SPLITS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+class ModelBuildError(ValueError):
+    """The config's model cannot be built (a bad argument, an unknown type)."""
+
+
+def explain_model_error(err: BaseException) -> ModelBuildError:
+    """One line for an error raised while a model was built.
+
+    Args:
+        err (BaseException): What building raised.
+
+    Returns:
+        ModelBuildError: e.g. ``cannot build the model: unknown ConvNeXt arch 'tinyy'; choose
+        one of ...`` or ``cannot build the model: TypeError: FPN.__init__() got an unexpected
+        keyword argument 'foo'``.
+    """
+    # a KeyError's str() is the repr of its message (mmengine's "X is not in the registry")
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    message = text.strip().splitlines()[0] if text.strip() else ''
+    if not isinstance(err, (ValueError, KeyError)) or not message:
+        message = f'{type(err).__name__}: {message}'.rstrip(': ')
+    return ModelBuildError(f'cannot build the model: {message}')
 
 
 @RUNNERS.register_module()
@@ -62,7 +93,7 @@ class ResumableRunner(Runner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for hook_type in (FiniteLossHook, StopOnSignalHook):
+        for hook_type in (FiniteLossHook, StopOnSignalHook, FastPathsHook):
             if not any(isinstance(hook, hook_type) for hook in self.hooks):
                 self.register_hook(hook_type())
         for hook in self.hooks:
@@ -78,19 +109,64 @@ class ResumableRunner(Runner):
         total = loop.get('max_epochs' if hook.by_epoch else 'max_iters')
         return not isinstance(total, int) or hook.interval < total
 
+    def build_model(self, model: Union[torch.nn.Module, Dict]) -> torch.nn.Module:
+        """``Runner.build_model``; an error while building is one :class:`ModelBuildError` line.
+
+        Set ``CONVNEXT_DEBUG=1`` (or pass ``--debug`` to our tools) for the full traceback.
+        """
+        try:
+            return super().build_model(model)
+        except Exception as err:  # noqa: BLE001 - a config mistake becomes one line
+            if os.environ.get('CONVNEXT_DEBUG', '') not in ('', '0'):
+                raise
+            raise explain_model_error(err) from err
+
     def train(self) -> torch.nn.Module:
-        """``Runner.train``; the signal handlers of :class:`.StopOnSignalHook` are put back
-        however training ends.
+        """``Runner.train`` after checking the data of training and validation at once; the
+        signal handlers of :class:`.StopOnSignalHook` are put back however training ends.
 
         Raises:
+            DatasetError: Files or folders of the train or val dataloader or the val evaluator
+                are missing (all of them in one line, on every rank).
             TrainingStopped: A stop signal ended training after writing a checkpoint.
         """
+        self.check_data_paths(['train'] + (['val'] if self._val_loop is not None else []))
         try:
             return super().train()
         finally:
             for hook in self.hooks:
                 if isinstance(hook, StopOnSignalHook):
                     hook.restore_handlers()
+
+    def val(self) -> dict:
+        """``Runner.val`` after checking the val dataloader's and evaluator's files."""
+        self.check_data_paths(['val'])
+        return super().val()
+
+    def test(self) -> dict:
+        """``Runner.test`` after checking the test dataloader's and evaluator's files."""
+        self.check_data_paths(['test'])
+        return super().test()
+
+    def check_data_paths(self, splits: Sequence[str]) -> None:
+        """Check the files and folders of the dataloaders and evaluators of ``splits`` at once.
+
+        Args:
+            splits (Sequence[str]): Of 'train', 'val', 'test'.
+
+        Raises:
+            DatasetError: Every missing path, in one line (on every rank; rank 0 looks).
+        """
+        entries: List[Tuple[str, Any]] = []
+        for split in splits:
+            loader = getattr(self, f'_{split}_dataloader', None)
+            if isinstance(loader, dict) and isinstance(loader.get('dataset'), dict):
+                entries.append((f'{split}_dataloader.dataset', loader['dataset']))
+            evaluator = getattr(self, f'_{split}_evaluator', None)
+            if isinstance(evaluator, (dict, list, tuple)):
+                entries.append((f'{split}_evaluator', evaluator))
+        if entries:
+            on_rank0(lambda: preflight.check_paths(entries), DatasetError)
 
     # -- distributed set-up ----------------------------------------------------------------------
     def setup_env(self, env_cfg: Dict) -> None:
@@ -146,7 +222,8 @@ class ResumableRunner(Runner):
             map_location (str | callable): Unused: the file is read on the CPU and the weights
                 are copied to the model's device. Defaults to 'cpu'.
             strict (bool): Require the checkpoint to fit the model exactly, checked before
-                anything is loaded. Defaults to False (mmengine's default).
+                anything is loaded. Defaults to False (mmengine's default: what fits is loaded,
+                one line says how much, and a file of which nothing fits is refused).
             revise_keys (Sequence[tuple], optional): (pattern, replacement) pairs applied to the
                 keys. Defaults to stripping ``module.``.
 
@@ -154,20 +231,27 @@ class ResumableRunner(Runner):
             dict: The loaded checkpoint.
 
         Raises:
-            CheckpointError: The file is missing, unreadable, refused, or (strict) does not fit.
+            CheckpointError: The file is missing, unreadable, refused, or does not fit (strict:
+                exactly; otherwise: not a tensor of it, see ``load_matching``).
         """
         checkpoint = read_checkpoint(filename)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
+        # what mmengine's load_state_dict loads into: TTA models load their inner model
+        inner = model.module if isinstance(model, BaseTTAModel) else model
+        keys = [(r'^module\.', '')] if revise_keys is None else list(revise_keys)
         if strict:
-            # what mmengine's load_state_dict loads into: TTA models load their inner model
-            inner = model.module if isinstance(model, BaseTTAModel) else model
             fit, _, _ = check_fit(inner.state_dict(), unwrap_state_dict(checkpoint))
             if not fit:
                 raise CheckpointError(f'checkpoint {filename} does not fit the model: '
                                       f'{fit.describe()}')
-        keys = [(r'^module\.', '')] if revise_keys is None else list(revise_keys)
-        checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=keys)
+            checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=keys)
+        else:
+            state = unwrap_state_dict(checkpoint)
+            for pattern, replacement in keys:
+                state = type(state)((re.sub(pattern, replacement, k), v)
+                                    for k, v in state.items())
+            load_matching(inner, state, filename, logger=self.logger)
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
