@@ -16,7 +16,12 @@ from mmengine.model import BaseModel
 from torch import nn
 from torch.utils.data import Dataset
 
-from convnext_backbone.checkpoint import allowlisted_globals, is_complete_checkpoint
+from convnext_backbone import compat
+from convnext_backbone.checkpoint import (
+    allowlisted_globals,
+    is_complete_checkpoint,
+    load_allowlisted,
+)
 from convnext_backbone.engine import ResumableRunner, find_resumable_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,12 +149,14 @@ def mmengine_checkpoint(tmp_path_factory):
 def test_mmengine_checkpoint_needs_the_allowlist_under_weights_only(mmengine_checkpoint):
     with pytest.raises(pickle.UnpicklingError, match='getattr|Counter|HistoryBuffer'):
         torch.load(mmengine_checkpoint, map_location='cpu', weights_only=True)
-    with allowlisted_globals():
-        ckpt = torch.load(mmengine_checkpoint, map_location='cpu', weights_only=True)
+    ckpt = load_allowlisted(mmengine_checkpoint)
     assert ckpt['meta']['iter'] == 12
     buffer = ckpt['message_hub']['log_scalars']['train/loss']
     assert isinstance(buffer, HistoryBuffer) and buffer.current() == buffer.data[0][-1]
     assert [s['last_step'] for s in ckpt['param_schedulers']] == [5, 2]
+    if compat.TORCH_ALLOWLISTS:  # torch >= 2.6: torch's loader inside allowlisted_globals
+        with allowlisted_globals():
+            assert torch.load(mmengine_checkpoint, weights_only=True)['meta']['iter'] == 12
     # leaving the context removes what it added: plain weights_only loading refuses again
     with pytest.raises(pickle.UnpicklingError):
         torch.load(mmengine_checkpoint, map_location='cpu', weights_only=True)
@@ -166,8 +173,8 @@ class _Evil:
 def test_getattr_stand_in_refuses_anything_but_history_buffer_statistics(tmp_path):
     path = tmp_path / 'evil.pth'
     torch.save({'x': _Evil()}, path)
-    with allowlisted_globals(), pytest.raises(pickle.UnpicklingError, match='refusing getattr'):
-        torch.load(path, weights_only=True)
+    with pytest.raises(pickle.UnpicklingError, match='refusing getattr'):
+        load_allowlisted(path)
 
 
 # -- atomic checkpoints ----------------------------------------------------------------------------
@@ -214,8 +221,7 @@ def test_crash_while_saving_leaves_previous_checkpoint_usable(tmp_path, mode):
         assert not os.path.exists(work_dir / '.iter_4.pth.partial')  # cleaned up
     assert not os.path.exists(work_dir / 'iter_4.pth')
     assert (work_dir / 'last_checkpoint').read_text().strip() == str(work_dir / 'iter_2.pth')
-    with allowlisted_globals():
-        ckpt = torch.load(work_dir / 'iter_2.pth', map_location='cpu', weights_only=True)
+    ckpt = load_allowlisted(work_dir / 'iter_2.pth')
     assert ckpt['meta']['iter'] == 2
     assert find_resumable_checkpoint(str(work_dir)) == str(work_dir / 'iter_2.pth')
 
@@ -382,9 +388,8 @@ def test_train_py_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path):
     # same data order, optimizer and schedule: the continued run computes the same losses
     for it in range(7, 13):
         assert log[it]['loss'] == pytest.approx(ref_log[it]['loss'], rel=1e-4), f'loss at {it}'
-    with allowlisted_globals():
-        ref_ckpt = torch.load(tmp_path / 'ref' / 'iter_12.pth', weights_only=True)
-        ckpt = torch.load(work / 'iter_12.pth', weights_only=True)
+    ref_ckpt = load_allowlisted(tmp_path / 'ref' / 'iter_12.pth')
+    ckpt = load_allowlisted(work / 'iter_12.pth')
     assert ckpt['meta']['iter'] == ref_ckpt['meta']['iter'] == 12
 
     # tools/plot_logs.py joins the killed run and its continuation into one curve

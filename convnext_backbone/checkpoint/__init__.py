@@ -8,6 +8,7 @@ from .io import (
     CheckpointError,
     allowlisted_globals,
     is_complete_checkpoint,
+    load_allowlisted,
     read_checkpoint,
     torch_load,
 )
@@ -30,5 +31,5 @@ from .load import Fit, check_fit, load_pretrained, load_state_strictly
 __all__ = ['DINOV3', 'DINOV3_HF', 'FCMAE', 'HF', 'MMPRETRAIN', 'OFFICIAL_CLS', 'OFFICIAL_DENSE',
            'TIMM', 'CheckpointError',
            'Converted', 'Fit', 'allowlisted_globals', 'check_fit', 'convert_state_dict',
-           'describe_arch', 'is_complete_checkpoint', 'load_pretrained', 'load_state_strictly',
-           'read_checkpoint', 'torch_load', 'unwrap_state_dict']
+           'describe_arch', 'is_complete_checkpoint', 'load_allowlisted', 'load_pretrained',
+           'load_state_strictly', 'read_checkpoint', 'torch_load', 'unwrap_state_dict']

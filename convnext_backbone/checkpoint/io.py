@@ -1,11 +1,12 @@
 """Reading checkpoint files: the one allowlist, the one reader and the one error explainer.
 
 Every checkpoint this package reads (``init_cfg`` Pretrained, ``load_from`` and resume in the
-runner, the test, infer and convert tools) goes through :func:`read_checkpoint`, or through
-mmengine's own reader inside :func:`allowlisted_globals`. Both unpickle with torch's
-``weights_only`` loader: tensors, containers and plain values, plus the few types of
-:func:`safe_globals`, which mmengine, mmdet 2.x and the official release put beside the weights.
-Nothing else is ever unpickled, so a checkpoint cannot run code.
+runner, the test, infer and convert tools) goes through :func:`read_checkpoint`. It unpickles
+with :func:`convnext_backbone.compat.weights_only_load`: torch's ``weights_only`` loader from
+torch 2.6, a restricted unpickler with the same allowlist on older torch. Tensors, containers and
+plain values, plus the few types of :func:`safe_globals`, which mmengine, mmdet 2.x and the
+official release put beside the weights. Nothing else is ever unpickled, so a checkpoint cannot
+run code, on any supported torch.
 
 ``HistoryBuffer`` (mmengine's message hub) pickles its statistics methods as
 ``getattr(HistoryBuffer, 'min')``. Allowing ``getattr`` itself would allow anything, so the name
@@ -16,15 +17,22 @@ import argparse
 import collections
 import contextlib
 import functools
+import io
 import os
 import pickle
 import re
 import zipfile
-from typing import Any, Iterator, List
+from typing import Any, BinaryIO, Iterator, List, Union
 
 import torch
 
+from .. import compat
+
 _HISTORY_BUFFER_STATISTICS = ('min', 'max', 'mean', 'current')
+#: mmengine's CheckpointLoader schemes that name models rather than files
+#: (mmengine/runner/checkpoint.py: load_from_openmmlab, load_from_torchvision, ...).
+_MODEL_ZOO_SCHEMES = ('open-mmlab://', 'openmmlab://', 'torchvision://', 'modelzoo://', 'mmcls://',
+                      'pavi://')
 _NUMPY_DTYPES = ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32',
                  'uint64', 'float16', 'float32', 'float64', 'str', 'bytes')
 
@@ -56,14 +64,20 @@ def safe_globals() -> tuple:
         tuple: ``argparse.Namespace`` (official release args), ``collections.Counter`` and
         ``OrderedDict`` (``MultiStepLR`` milestones, state dicts), ``set``, numpy arrays,
         scalars and dtypes (mmengine and mmdet 2.x meta, the message hub), mmengine's
-        ``HistoryBuffer``, and the restricted ``getattr`` stand-in described above.
+        ``HistoryBuffer``, and the restricted ``getattr`` stand-in described above; the
+        numpy reconstructors under the names of numpy 1 and numpy 2.
     """
     import numpy as np
     from mmengine.logging import HistoryBuffer
-    multiarray = (getattr(np, '_core', None) or np.core).multiarray
+    # numpy 2: numpy._core (numpy.core warns); numpy 1.26 has a partial numpy._core stub
+    numpy2 = int(np.__version__.split('.')[0]) >= 2
+    multiarray = np._core.multiarray if numpy2 else np.core.multiarray
     found: List[Any] = [argparse.Namespace, collections.Counter, collections.OrderedDict, set,
                         np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar,
                         HistoryBuffer]
+    # numpy 2 writes numpy._core.multiarray, numpy 1 numpy.core.multiarray: either reads on both
+    found += [(getattr(multiarray, name), f'numpy.{core}.multiarray.{name}')
+              for name in ('_reconstruct', 'scalar') for core in ('core', '_core')]
     found += [type(np.dtype(name)) for name in _NUMPY_DTYPES]
     found.append((_history_buffer_statistic, 'builtins.getattr'))
     unique: List[Any] = []
@@ -76,15 +90,20 @@ def safe_globals() -> tuple:
 @contextlib.contextmanager
 def allowlisted_globals() -> Iterator[None]:
     """Context in which ``torch.load(..., weights_only=True)`` (ours or mmengine's) admits
-    :func:`safe_globals`.
+    :func:`safe_globals`; torch >= 2.6 only (older torch cannot extend its allowlist: read with
+    :func:`load_allowlisted` there).
 
     Only the globals not already allowed are added, so leaving the context never removes one
     that the user added with ``torch.serialization.add_safe_globals``.
+
+    Raises:
+        RuntimeError: On torch < 2.6, in one line.
 
     Example:
         >>> with allowlisted_globals():
         ...     ckpt = torch.load('work_dirs/x/iter_100.pth', map_location='cpu')
     """
+    compat.require_torch('2.6', 'torch.load(weights_only=True) admitting an allowlist')
     present = {_global_key(g) for g in torch.serialization.get_safe_globals()}
     new = [g for g in safe_globals() if _global_key(g) not in present]
     with torch.serialization.safe_globals(new):
@@ -95,15 +114,25 @@ def _global_key(item: Any) -> Any:
     return item[1] if isinstance(item, tuple) else item
 
 
+def load_allowlisted(file: Union[str, os.PathLike, BinaryIO]) -> Any:
+    """Read a ``torch.save`` file on the CPU admitting :func:`safe_globals` and nothing more, on
+    every supported torch (:func:`convnext_backbone.compat.weights_only_load`).
+
+    Raises:
+        pickle.UnpicklingError: The file names a global outside the allowlist; torch's other
+            reading errors as they are.
+    """
+    return compat.weights_only_load(file, safe_globals(), map_location='cpu')
+
+
 def torch_load(path: str) -> Any:
-    """``torch.load(path, map_location='cpu', weights_only=True)`` admitting :func:`safe_globals`.
+    """:func:`load_allowlisted` with every error turned into one line.
 
     Raises:
         CheckpointError: One line naming the file and the cause (see :func:`explain_read_error`).
     """
     try:
-        with allowlisted_globals():
-            return torch.load(path, map_location='cpu', weights_only=True)
+        return load_allowlisted(path)
     except Exception as err:  # noqa: BLE001 - every reading error becomes one clear line
         raise explain_read_error(path, err) from None
 
@@ -112,8 +141,11 @@ def read_checkpoint(path: str) -> Any:
     """Read a checkpoint file or URL on the CPU, unpickling nothing beyond the allowlist.
 
     ``.safetensors`` files are read with safetensors; http(s) URLs are downloaded once into
-    torch hub's cache; other mmengine schemes (``open-mmlab://``, ``s3://`` ...) go through
-    mmengine's ``CheckpointLoader`` inside :func:`allowlisted_globals`.
+    torch hub's cache; other storage (``s3://`` ..., any scheme of mmengine's file back ends) is
+    fetched with ``mmengine.fileio.get`` and read as a local file. mmengine's model-zoo names
+    (``open-mmlab://``, ``torchvision://``, ``mmcls://`` ...) go through mmengine's
+    ``CheckpointLoader`` inside :func:`allowlisted_globals`, from torch 2.6 only: its
+    ``torch.load`` calls pass no ``weights_only``, which is False on older torch.
 
     Args:
         path (str): Local path or URL.
@@ -127,11 +159,22 @@ def read_checkpoint(path: str) -> Any:
     """
     if re.match(r'^https?://', path):
         path = _download(path)
-    elif '://' in path:
+    elif path.startswith(_MODEL_ZOO_SCHEMES):
+        if not compat.TORCH_ALLOWLISTS:
+            raise CheckpointError(
+                f'{path}: reading {path.split("://")[0]}:// checkpoints needs torch >= 2.6 '
+                f"(mmengine's CheckpointLoader unpickles them without restrictions on torch "
+                f'{torch.__version__}); give the URL or a local file instead')
         from mmengine.runner.checkpoint import CheckpointLoader
         try:
             with allowlisted_globals():
                 return CheckpointLoader.load_checkpoint(path, map_location='cpu')
+        except Exception as err:  # noqa: BLE001 - every reading error becomes one clear line
+            raise explain_read_error(path, err) from None
+    elif '://' in path:
+        from mmengine.fileio import get
+        try:
+            return load_allowlisted(io.BytesIO(get(path)))
         except Exception as err:  # noqa: BLE001 - every reading error becomes one clear line
             raise explain_read_error(path, err) from None
     if not os.path.isfile(path):
@@ -190,8 +233,9 @@ def explain_read_error(path: str, err: BaseException) -> CheckpointError:
             f'checkpoint {path} holds {what}, which convnext_backbone does not unpickle (only '
             'tensors, plain values and a short allowlist: loading anything else could run '
             'code). If you trust the file, re-save its weights once with torch.load(path, '
-            "weights_only=False)['state_dict'] and torch.save, or allow the type with "
-            'torch.serialization.add_safe_globals([...])')
+            "weights_only=False)['state_dict'] and torch.save"
+            + (', or allow the type with torch.serialization.add_safe_globals([...])'
+               if compat.TORCH_ALLOWLISTS else ''))
     reading = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError)
     if isinstance(err, reading) or 'PytorchStreamReader' in text or 'zip archive' in text:
         size = os.path.getsize(path) if os.path.isfile(path) else 0

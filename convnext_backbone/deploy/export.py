@@ -44,8 +44,10 @@ def build_graph(model: nn.Module, part: str = 'model') -> nn.Module:
         nn.Module: :class:`SegmentorGraph`, :class:`DetectorGraph` or :class:`BackboneGraph`.
 
     Raises:
-        ValueError: Unknown ``part``, or a model the export does not support (one line).
+        ValueError: Unknown ``part``, a model the export does not support, or a torch older than
+            :data:`~.onnx_ops.EXPORT_TORCH` (one line).
     """
+    onnx_ops.require_export_torch()
     if part not in PARTS:
         raise ValueError(f'part={part!r}: use one of {PARTS}')
     if part == 'backbone':
@@ -88,9 +90,11 @@ def export_onnx(graph: nn.Module, path: str, shape: Sequence[int] = (480, 640),
         onnx.ModelProto: The written model.
 
     Raises:
-        ValueError: A bad ``shape`` or ``opset``, or an operator outside ONNX's default domain
-            in the graph (nothing is written then).
+        ValueError: A bad ``shape`` or ``opset``, an operator outside ONNX's default domain
+            in the graph (nothing is written then), or a torch older than
+            :data:`~.onnx_ops.EXPORT_TORCH`.
     """
+    onnx_ops.require_export_torch()
     import onnx
     height, width = (int(s) for s in shape)
     if opset < MIN_OPSET:

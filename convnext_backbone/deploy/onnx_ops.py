@@ -18,17 +18,54 @@ to ``torch.onnx.export(custom_translation_table=...)``). Their semantics are ONN
 - ``roi_align(features (1, C, H, W), boxes (R, 4))`` -> ``(R, C, h, w)``: mmcv's ``roi_align``
   (average mode) of image 0, ``aligned`` as mmcv's flag.
 """
+import functools
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ['TRANSLATIONS', 'nms', 'roi_align']
+from .. import compat
 
+__all__ = ['EXPORT_TORCH', 'TRANSLATIONS', 'nms', 'require_export_torch', 'roi_align']
+
+#: The oldest torch the ONNX export runs on: ``torch.library.custom_op`` / ``register_fake``
+#: (torch 2.4), ``torch.onnx.export(custom_translation_table=...)`` (2.6) and the
+#: ``backed_size_oblivious`` option of torch/fx/experimental/_config.py that
+#: :func:`~.export.export_onnx` captures with (in torch 2.7.1's, not in 2.6.0's).
+EXPORT_TORCH = '2.7'
 _INT64 = 7  # onnx.TensorProto.INT64
 
 
-@torch.library.custom_op('convnext_backbone::nms', mutates_args=())
+def require_export_torch() -> None:
+    """Refuse the ONNX export in one line on torch older than :data:`EXPORT_TORCH`.
+
+    Raises:
+        ValueError: Naming the torch the export needs and the one installed.
+    """
+    try:
+        compat.require_torch(EXPORT_TORCH, 'ONNX export')
+    except RuntimeError as err:
+        raise ValueError(str(err)) from None
+
+
+def _custom_op(name: str) -> Callable[[Callable], Callable]:
+    """``torch.library.custom_op(name)``; on torch older than :data:`EXPORT_TORCH` the function
+    is not registered and refuses (:func:`require_export_torch`) when called."""
+    def wrap(fn: Callable) -> Callable:
+        if compat.torch_at_least(EXPORT_TORCH):
+            return torch.library.custom_op(name, mutates_args=())(fn)
+
+        @functools.wraps(fn)
+        def refuse(*args, **kwargs):
+            require_export_torch()
+
+        refuse.register_fake = lambda fake: fake
+        return refuse
+    return wrap
+
+
+@_custom_op('convnext_backbone::nms')
 def nms(boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float,
         score_threshold: float) -> Tensor:
     """ONNX ``NonMaxSuppression`` (center_point_box=0), run with mmcv's ``nms``.
@@ -63,7 +100,7 @@ def _nms_fake(boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: 
     return boxes.new_empty((count, 3), dtype=torch.int64)
 
 
-@torch.library.custom_op('convnext_backbone::roi_align', mutates_args=())
+@_custom_op('convnext_backbone::roi_align')
 def roi_align(features: Tensor, boxes: Tensor, output_height: int, output_width: int,
               spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
     """ONNX ``RoiAlign`` (mode avg) of image 0, run with mmcv's ``roi_align``.
@@ -112,8 +149,9 @@ def _roi_align_onnx(features, boxes, output_height: int, output_width: int,
         spatial_scale=spatial_scale)
 
 
-#: ``torch.onnx.export(custom_translation_table=TRANSLATIONS)``: our operators -> ONNX.
+#: ``torch.onnx.export(custom_translation_table=TRANSLATIONS)``: our operators -> ONNX (none
+#: below :data:`EXPORT_TORCH`, where they are not registered).
 TRANSLATIONS = {
     torch.ops.convnext_backbone.nms.default: _nms_onnx,
     torch.ops.convnext_backbone.roi_align.default: _roi_align_onnx,
-}
+} if compat.torch_at_least(EXPORT_TORCH) else {}
