@@ -76,3 +76,5 @@ train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+# Keep the last 3 checkpoints (mmseg's schedule_160k keeps all 10, one per 16k iterations).
+default_hooks = dict(checkpoint=dict(max_keep_ckpts=3))

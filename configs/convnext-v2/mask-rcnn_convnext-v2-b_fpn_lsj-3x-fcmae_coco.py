@@ -58,7 +58,10 @@ param_scheduler = [
 ]
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=12))
 
-default_hooks = dict(checkpoint=dict(max_keep_ckpts=1))
+# Note: mmdetection's projects/ConvNeXt-V2/configs/mask-rcnn_convnext-v2-b_fpn_lsj-3x-fcmae_coco.py
+# keeps 1 checkpoint; mmengine then deletes it before writing the next, so a crash while saving
+# would leave nothing to resume from. 3, as our other recipes.
+default_hooks = dict(checkpoint=dict(max_keep_ckpts=3))
 # Note: mmdet's project keeps schedule_1x's base_batch_size=16 although it trains with 32; with
 # `--auto-scale-lr` that would double the lr. Ours names the batch the lr was set for.
 auto_scale_lr = dict(enable=False, base_batch_size=32)
