@@ -224,7 +224,12 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
 #: The worker of :class:`EarlierCheckout`: builds the backbone of the checkout on its PYTHONPATH
 #: with the given weights and runs it on request ("run|save DTYPE [PATH]" lines on stdin).
 _WORKER = r"""
+import os
 import sys
+# the protocol keeps the original stdout; anything the checkout prints or logs goes to stderr
+proto = os.fdopen(os.dup(1), 'w')
+os.dup2(2, 1)
+sys.stdout = sys.stderr
 import torch
 from contextlib import nullcontext
 torch.set_num_threads(int(sys.argv[2]))
@@ -246,13 +251,13 @@ def run(dtype):
     outs = model(x)
     sum((o * w).sum() for o, w in zip(outs, setup['weights'])).backward()
     return {n: p.grad for n, p in model.named_parameters()}
-print('ready', hasattr(ConvNeXt, 'fuse'), flush=True)
+print('ready', hasattr(ConvNeXt, 'fuse'), file=proto, flush=True)
 for line in sys.stdin:
     cmd, dtype, *path = line.split()
     result = run(dtype)
     if cmd == 'save':
         torch.save(result, path[0])
-    print('ok', flush=True)
+    print('ok', file=proto, flush=True)
 """
 
 
