@@ -89,10 +89,19 @@ def parse_args(parser: argparse.ArgumentParser,
 
 
 def read_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """Read a config and apply ``--cfg-options``; a missing file ends the tool in one line."""
+    """Read a config and apply ``--cfg-options``; a missing file (the config or one of its
+    bases) ends the tool in one line. ``_base_ = 'convnext_backbone::<recipe>'`` reads the
+    package's recipes (:func:`convnext_backbone.mim.enable_config_prefix`)."""
     if not osp.isfile(path):
         fail(f'config file not found: {path}')
-    cfg = Config.fromfile(path)
+    from .mim import enable_config_prefix
+    enable_config_prefix()
+    try:
+        cfg = Config.fromfile(path)
+    except FileNotFoundError as err:  # a _base_ that is not there
+        if debug_enabled():
+            raise
+        fail(f'{path}: {err}')
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg

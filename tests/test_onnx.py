@@ -23,6 +23,7 @@ from convnext_backbone.deploy import (
     build_graph,
     custom_domain_ops,
     export_onnx,
+    onnx_ops,
     paste_masks,
 )
 from convnext_backbone.deploy.detector import per_stage
@@ -40,6 +41,10 @@ CASCADE_T = os.path.join(CONFIGS, 'cascade-mask-rcnn_convnext-t_fpn_4conv1fc-gio
 UPERNET_T = os.path.join(CONFIGS, 'upernet_convnext-t_8xb2-amp-160k_ade20k-512x512.py')
 TINY = dict(depths=[1, 1, 1, 1], dims=[8, 16, 32, 64])
 FULL = os.environ.get('CONVNEXT_ONNX_FULL') == '1'
+# the export refuses older torch in one line (tests/test_compat.py checks that refusal)
+pytestmark = pytest.mark.skipif(
+    not onnx_ops.compat.torch_at_least(onnx_ops.EXPORT_TORCH),
+    reason=f'ONNX export needs torch >= {onnx_ops.EXPORT_TORCH} (this is {torch.__version__})')
 
 
 # -- models ----------------------------------------------------------------------------------
