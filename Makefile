@@ -2,13 +2,35 @@
 SHELL := /bin/bash
 PY := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV)/bin/python,$(if $(CONDA_PREFIX),$(CONDA_PREFIX)/bin/python,$(CURDIR)/.venv/bin/python))
 
-.PHONY: install test lint demo bench
+# The oldest supported torch (docs/install.md#supported-torch): a venv of its own with mmcv-lite
+# (no ops to build), for the core suite: the tests that need neither mmcv's ops nor mmdet/mmseg.
+OLD_TORCH := 2.1.2
+OLD_VENV := $(CURDIR)/.venv-torch21
+CORE_TESTS := tests/test_backbone.py tests/test_compat.py tests/test_fast_paths.py \
+	tests/test_module_contract.py tests/test_checkpoint.py tests/test_checkpoint_families.py \
+	tests/test_errors.py tests/test_resume.py tests/test_perf_choice.py \
+	tests/test_perf_compile_hook.py tests/test_structure.py \
+	tests/test_layer_decay.py::test_bad_paramwise_cfg_is_refused_with_what_is_allowed \
+	tests/test_layer_decay.py::test_model_without_backbone_is_refused
+# (their other tests build mmdet/mmseg models, or import every module, mmdet's users among them)
+CORE_DESELECT := \
+	--deselect tests/test_errors.py::test_train_py_names_a_missing_dataset_folder_before_training \
+	--deselect tests/test_structure.py::test_a_fresh_interpreter_imports_every_module
+
+.PHONY: install install-oldest test test-oldest lint demo bench
 install:
 	bash tools/install.sh
 
-test: install
-	$(PY) -m ruff check convnext_backbone tools tests configs
+install-oldest:
+	VENV=$(OLD_VENV) TORCH_VERSION=$(OLD_TORCH) MMCV_OPS=0 EXTRAS=test,safetensors bash tools/install.sh
+
+test: install install-oldest
+	$(PY) -m ruff check convnext_backbone tools tests configs setup.py
 	$(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory test-oldest
+
+test-oldest: install-oldest
+	$(OLD_VENV)/bin/python -m pytest -q $(CORE_TESTS) $(CORE_DESELECT)
 
 lint: install
 	$(PY) -m ruff check convnext_backbone tools tests configs

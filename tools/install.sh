@@ -1,30 +1,51 @@
 #!/usr/bin/env bash
-# Installs convnext-backbone and everything it needs, idempotently, from pyproject.toml.
+# Installs convnext-backbone and everything it needs, idempotently, from pyproject.toml, without
+# ever mixing builds: mmcv is built for (or checked against) the torch of the target environment,
+# and every pip call is constrained so that it cannot replace that torch or break it.
 #
-# Uses the active Python environment ($VIRTUAL_ENV or $CONDA_PREFIX) when there is one, otherwise
-# creates ./.venv. Then:
+# Target environment: $VENV (a virtualenv, created when missing), else the active one
+# ($VIRTUAL_ENV or $CONDA_PREFIX), else ./.venv (created when missing). Then:
 #   1. torch: kept when installed, else torch==$TORCH_VERSION (default 2.13.0: a CPU build);
-#   2. mmcv: PyPI has no wheel of mmcv 2.x for recent torch, so the newest release that
-#      pyproject.toml's `mmcv` requirement admits is built once from source with its C++ ops
-#      (MAX_JOBS parallel compiles, default: the number of cores; about 30 min on 2 cores) and
-#      the wheel is cached in ./.wheels and ${XDG_CACHE_HOME:-~/.cache}/convnext-backbone/wheels;
-#      later runs install the cached wheel;
-#   3. the package itself, editable, with the extras in $EXTRAS (default: dev = all + test + deploy).
-# A second run with nothing to do finishes in seconds (stamp keyed on this script and
-# pyproject.toml).
+#   2. constraints that follow the installed torch ([tool.convnext-backbone] torch-constraints in
+#      pyproject.toml, e.g. numpy<2 below torch 2.3) plus torch==<installed>, written to
+#      $PREFIX/.convnext-backbone-constraints.txt and given to every pip install below;
+#   3. mmcv, the newest release that pyproject.toml's `mmcv` requirement admits:
+#      MMCV_OPS=1 (default): with its C++ ops, built from source with pip's cache off
+#        (--no-cache-dir: pip's cache is not keyed by torch) against this torch, MAX_JOBS
+#        parallel compiles (default: the number of cores; 13-31 min on 2 cores); the wheel is
+#        cached in $MMCV_WHEELS (default ./.wheels) and ${XDG_CACHE_HOME:-~/.cache}/convnext-backbone/wheels
+#        under torch-<version>; a cached wheel is used only if `import mmcv.ops` then works
+#        against this torch, otherwise it is deleted and mmcv is built;
+#      MMCV_OPS=0: mmcv-lite (the same release without ops, a pure-Python wheel from PyPI): for
+#        the core test suite on an old torch, no detector or segmentor runs without the ops;
+#   4. the package itself, editable, with the extras in $EXTRAS (default: dev = all + test +
+#      deploy).
+# It ends by importing mmcv(.ops) and the package and converting a numpy array with torch.
+# A second run with nothing to do finishes in seconds (stamp keyed on this script, pyproject.toml,
+# EXTRAS and MMCV_OPS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 EXTRAS=${EXTRAS:-dev}
+MMCV_OPS=${MMCV_OPS:-1}
 MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN || echo 2)}
 USER_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/convnext-backbone/wheels"
-LOCAL_CACHE="$ROOT/.wheels"
+LOCAL_CACHE=${MMCV_WHEELS:-$ROOT/.wheels}
 
 log() { printf '[install] %s\n' "$*"; }
+die() { printf '[install] error: %s\n' "$*" >&2; exit 1; }
+case "$MMCV_OPS" in 0|1) ;; *) die "MMCV_OPS=$MMCV_OPS: use 1 (mmcv with ops) or 0 (mmcv-lite)";; esac
 
-if [ -n "${VIRTUAL_ENV:-}" ]; then
+if [ -n "${VENV:-}" ]; then
+    case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV";; esac
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating $VENV"
+        python3 -m venv "$VENV"
+    fi
+    PY="$VENV/bin/python"
+elif [ -n "${VIRTUAL_ENV:-}" ]; then
     PY="$VIRTUAL_ENV/bin/python"
 elif [ -n "${CONDA_PREFIX:-}" ]; then
     PY="$CONDA_PREFIX/bin/python"
@@ -37,34 +58,84 @@ else
 fi
 PREFIX=$("$PY" -c 'import sys; print(sys.prefix)')
 STAMP="$PREFIX/.convnext-backbone-installed"
-KEY=$(cat "$ROOT/tools/install.sh" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] \
-        && "$PY" -c 'import mmcv.ops, mmdet, mmseg, convnext_backbone' 2>/dev/null; then
-    log "up to date ($PREFIX)"
-    exit 0
-fi
+KEY=$( (cat "$ROOT/tools/install.sh" "$ROOT/pyproject.toml"; echo "$EXTRAS $MMCV_OPS") \
+    | sha256sum | cut -c1-16)
+if [ "$MMCV_OPS" = 1 ]; then MMCV_MODULE=mmcv.ops; else MMCV_MODULE=mmcv; fi
+# torch and numpy must work together: a numpy that torch was not built for fails here
+WORKS='import torch, numpy; torch.from_numpy(numpy.zeros(2))'
 
 PIP=("$PY" -m pip --disable-pip-version-check)
-# What pyproject.toml declares: the build requirement of setuptools and the mmcv requirement.
 "${PIP[@]}" install -q 'pip>=23' 'tomli; python_version < "3.11"' packaging
-read_pyproject() {  # read_pyproject build|mmcv
-    "$PY" - "$1" <<'EOF'
+pyproject() {  # pyproject build | mmcv | imports EXTRAS | constraints TORCH | excluded TORCH
+    #            | requirements EXTRAS MMCV_DIST TORCH
+    "$PY" - "$@" <<'EOF'
+import re
 import sys
+
 try:
     import tomllib
 except ImportError:  # Python < 3.11
     import tomli as tomllib
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
 with open('pyproject.toml', 'rb') as f:
-    project = tomllib.load(f)
-if sys.argv[1] == 'build':
-    print(' '.join(project['build-system']['requires']))
-else:
-    from packaging.requirements import Requirement
-    print(next(r for r in project['project']['dependencies'] if Requirement(r).name == 'mmcv'))
+    pyproject = tomllib.load(f)
+project = pyproject['project']
+what, args = sys.argv[1], sys.argv[2:]
+
+
+def extras(names):
+    """The requirements of the given extras, self-references (convnext-backbone[...]) expanded."""
+    found = []
+    for name in filter(None, re.split(r'[,\s]+', names)):
+        for req in project['optional-dependencies'][name]:
+            r = Requirement(req)
+            found += extras(','.join(r.extras)) if r.name == project['name'] else [req]
+    return found
+
+
+def rules(torch):
+    """The torch-constraints rules that apply to this torch version."""
+    version = Version(torch).public
+    return [rule for rule in pyproject['tool']['convnext-backbone']['torch-constraints']
+            if SpecifierSet(rule['torch']).contains(version, prereleases=True)]
+
+
+if what == 'build':
+    print(' '.join(pyproject['build-system']['requires']))
+elif what == 'mmcv':
+    print(next(r for r in project['dependencies'] if Requirement(r).name == 'mmcv'))
+elif what == 'imports':  # the modules that must import after installing these extras
+    modules = {'mmdet': 'mmdet', 'mmsegmentation': 'mmseg'}
+    names = {Requirement(r).name for r in extras(args[0])}
+    print(' '.join(m for name, m in modules.items() if name in names))
+elif what == 'constraints':
+    print(f'torch=={args[0]}')
+    for rule in rules(args[0]):
+        for req in rule.get('require', []):
+            print(req)
+elif what == 'excluded':
+    print(' '.join(name for rule in rules(args[0]) for name in rule.get('exclude', [])))
+elif what == 'requirements':  # the dependencies and the extras', mmcv as MMCV_DIST, less excluded
+    extra_names, mmcv, torch = args
+    excluded = {name for rule in rules(torch) for name in rule.get('exclude', [])}
+    for req in project['dependencies'] + extras(extra_names):
+        r = Requirement(req)
+        if r.name not in excluded:
+            print(f'{mmcv}{r.specifier}' if r.name == 'mmcv' else req)
 EOF
 }
-SETUPTOOLS=$(read_pyproject build)
-MMCV_SPEC=$(read_pyproject mmcv)
+CHECK_MODULES=$(echo $MMCV_MODULE convnext_backbone $(pyproject imports "$EXTRAS"))  # one space each
+CHECK="import ${CHECK_MODULES// /, }; $WORKS"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && "$PY" -c "$CHECK" 2>/dev/null; then
+    log "up to date ($PREFIX)"
+    exit 0
+fi
+
+SETUPTOOLS=$(pyproject build)
+MMCV_SPEC=$(pyproject mmcv)
 "${PIP[@]}" install -q wheel ninja "$SETUPTOOLS"
 
 if "$PY" -c 'import torch' 2>/dev/null; then
@@ -73,55 +144,128 @@ else
     log "installing torch==$TORCH_VERSION"
     "${PIP[@]}" install -q "torch==$TORCH_VERSION"
 fi
+TORCH=$("$PY" -c 'import torch; print(torch.__version__)')
+# the distribution's version: PyPI's CUDA builds say 2.1.2 where torch.__version__ is 2.1.2+cu121
+TORCH_DIST=$("$PY" -c 'from importlib.metadata import version; print(version("torch"))')
+CONSTRAINTS="$PREFIX/.convnext-backbone-constraints.txt"
+pyproject constraints "$TORCH_DIST" > "$CONSTRAINTS"
+EXCLUDED=$(pyproject excluded "$TORCH_DIST")
+log "constraints for torch $TORCH: $(paste -sd' ' "$CONSTRAINTS")${EXCLUDED:+; left out: $EXCLUDED}"
+INSTALL=("${PIP[@]}" install -q -c "$CONSTRAINTS")
 
 satisfies() {  # satisfies VERSION: whether VERSION meets $MMCV_SPEC
     "$PY" -c 'import sys; from packaging.requirements import Requirement
 sys.exit(0 if Requirement(sys.argv[1]).specifier.contains(sys.argv[2], prereleases=True) else 1)' \
         "$MMCV_SPEC" "$1"
 }
-INSTALLED=$("$PY" -c 'import mmcv.ops, mmcv; print(mmcv.__version__)' 2>/dev/null || true)
-if [ -n "$INSTALLED" ] && satisfies "$INSTALLED"; then
-    log "mmcv $INSTALLED with ops already installed"
-else
-    TORCH_TAG=$("$PY" -c 'import torch; print(torch.__version__.replace("+", "_"))')
-    PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-    WHEEL=""
-    for dir in "$LOCAL_CACHE/torch-$TORCH_TAG" "$USER_CACHE/torch-$TORCH_TAG"; do
-        for cand in "$dir"/mmcv-*-"$PYTAG"-*.whl; do
-            [ -f "$cand" ] || continue
-            version=$(basename "$cand" | cut -d- -f2)
-            if satisfies "$version"; then WHEEL="$cand"; break 2; fi
-        done
-    done
-    if [ -z "$WHEEL" ]; then
-        BUILD_DIR="$LOCAL_CACHE/torch-$TORCH_TAG"
-        log "building mmcv ($MMCV_SPEC) with C++ ops against torch $TORCH_TAG, $MAX_JOBS parallel" \
-            "jobs (about 30 min on 2 cores; once: the wheel is cached)"
-        mkdir -p "$BUILD_DIR"
-        BUILD_LOG="$BUILD_DIR/build.log"
-        # mmcv's setup.py imports pkg_resources in a way setuptools >= 70 breaks: the older one is
-        # used for this build only and pyproject.toml's is restored right after.
-        "${PIP[@]}" install -q 'setuptools<70'
-        set +e
-        # ninja prints "[k/n] ..." per compiled file: shown as progress, the rest kept in a log.
-        MMCV_WITH_OPS=1 MAX_JOBS=$MAX_JOBS FORCE_CUDA=0 "${PIP[@]}" wheel -v --no-build-isolation \
-            --no-deps "$MMCV_SPEC" -w "$BUILD_DIR" 2>&1 | tee "$BUILD_LOG" \
-            | grep --line-buffered -oE "^\s*\[[0-9]+/[0-9]+\]" | sed -u 's/^/[install] mmcv compile /'
-        status=${PIPESTATUS[0]}
-        set -e
-        "${PIP[@]}" install -q "$SETUPTOOLS"
-        if [ "$status" -ne 0 ]; then
-            log "mmcv build failed; last lines of $BUILD_LOG:"; tail -n 30 "$BUILD_LOG"; exit 1
-        fi
-        WHEEL=$(ls -t "$BUILD_DIR"/mmcv-*-"$PYTAG"-*.whl | head -n1)
-        mkdir -p "$USER_CACHE/torch-$TORCH_TAG" && cp -f "$WHEEL" "$USER_CACHE/torch-$TORCH_TAG/" || true
+installed() {  # installed DIST: its version, or nothing
+    "$PY" -c 'import sys; from importlib.metadata import version
+try: print(version(sys.argv[1]))
+except Exception: pass' "$1"
+}
+why_not() {  # why_not MODULE: the last line of the error importing it
+    "$PY" -c "import $1" 2>&1 | tail -n 1
+}
+install_wheel() {  # install_wheel WHEEL: this build of mmcv, then its dependencies
+    "${INSTALL[@]}" --force-reinstall --no-deps "$1"
+    "${INSTALL[@]}" "$1"
+}
+
+# first, so that nothing this torch cannot import breaks the checks below (mmengine imports
+# transformers whenever it is installed, and mmcv.ops imports mmengine)
+for name in $EXCLUDED; do
+    if [ -n "$(installed "$name")" ]; then
+        log "removing $name $(installed "$name"): it does not work with torch $TORCH (pyproject.toml)"
+        "${PIP[@]}" uninstall -q -y "$name"
     fi
-    log "installing $WHEEL"
-    "${PIP[@]}" install -q --force-reinstall --no-deps "$WHEEL"
+done
+
+MMCV_VERSION=$(installed mmcv)
+if [ "$MMCV_OPS" = 0 ] && [ -n "$MMCV_VERSION" ] && satisfies "$MMCV_VERSION" \
+        && "$PY" -c 'import mmcv.ops' 2>/dev/null; then
+    # mmcv-lite would overwrite the files of an mmcv with ops that works here
+    log "mmcv $MMCV_VERSION with ops is installed and works: kept (MMCV_OPS=0 installs nothing)"
+    MMCV_REQUIREMENT=mmcv
+elif [ "$MMCV_OPS" = 0 ]; then
+    if [ -n "$MMCV_VERSION" ]; then
+        log "removing mmcv $MMCV_VERSION (replaced by mmcv-lite)"; "${PIP[@]}" uninstall -q -y mmcv
+    fi
+    log "installing mmcv-lite (${MMCV_SPEC#mmcv}): mmcv without ops"
+    "${INSTALL[@]}" "mmcv-lite${MMCV_SPEC#mmcv}"
+    MMCV_REQUIREMENT=mmcv-lite
+else
+    MMCV_REQUIREMENT=mmcv
+    if [ -n "$(installed mmcv-lite)" ]; then  # they share the mmcv/ folder
+        log "removing mmcv-lite (replaced by mmcv with ops)"; "${PIP[@]}" uninstall -q -y mmcv-lite
+    fi
+    if [ -n "$MMCV_VERSION" ] && satisfies "$MMCV_VERSION" \
+            && "$PY" -c 'import mmcv.ops' 2>/dev/null; then
+        log "mmcv $MMCV_VERSION with ops already installed and working with torch $TORCH"
+    else
+        [ -z "$MMCV_VERSION" ] || log "installed mmcv $MMCV_VERSION does not fit or does not" \
+            "import with torch $TORCH ($(why_not mmcv.ops)): replacing it"
+        TORCH_TAG=${TORCH//+/_}
+        PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+        WHEEL=""
+        for dir in "$LOCAL_CACHE/torch-$TORCH_TAG" "$USER_CACHE/torch-$TORCH_TAG"; do
+            for cand in "$dir"/mmcv-*-"$PYTAG"-*.whl; do
+                [ -f "$cand" ] && satisfies "$(basename "$cand" | cut -d- -f2)" || continue
+                log "trying cached $cand"
+                install_wheel "$cand"
+                if "$PY" -c 'import mmcv.ops' 2>/dev/null; then WHEEL="$cand"; break 2; fi
+                # e.g. built for another build of this torch version (undefined symbol)
+                log "cached $cand does not import with torch $TORCH ($(why_not mmcv.ops)):" \
+                    "deleted from the cache"
+                rm -f "$cand"
+            done
+        done
+        if [ -z "$WHEEL" ]; then
+            BUILD_DIR="$LOCAL_CACHE/torch-$TORCH_TAG"
+            log "building mmcv ($MMCV_SPEC) with C++ ops against torch $TORCH ($PREFIX)," \
+                "$MAX_JOBS parallel jobs (13-31 min on 2 cores; once: the wheel is cached)"
+            mkdir -p "$BUILD_DIR"
+            BUILD_LOG="$BUILD_DIR/build.log"
+            # mmcv's setup.py imports pkg_resources in a way setuptools >= 70 breaks: the older
+            # one is used for this build only and pyproject.toml's is restored right after.
+            "${INSTALL[@]}" 'setuptools<70'
+            set +e
+            # pip's wheel cache is keyed by the sdist, not by torch: --no-cache-dir, so that a
+            # wheel built against another torch is never taken from it.
+            # ninja prints "[k/n] ..." per compiled file: shown as progress, the rest in a log.
+            MMCV_WITH_OPS=1 MAX_JOBS=$MAX_JOBS FORCE_CUDA=0 "${PIP[@]}" wheel -v --no-cache-dir \
+                --no-build-isolation --no-deps "$MMCV_SPEC" -w "$BUILD_DIR" 2>&1 \
+                | tee "$BUILD_LOG" | grep --line-buffered -oE "^\s*\[[0-9]+/[0-9]+\]" \
+                | sed -u 's/^/[install] mmcv compile /'
+            status=${PIPESTATUS[0]}
+            set -e
+            "${INSTALL[@]}" "$SETUPTOOLS"
+            if [ "$status" -ne 0 ]; then
+                log "mmcv build failed; last lines of $BUILD_LOG:"; tail -n 30 "$BUILD_LOG"; exit 1
+            fi
+            WHEEL=$(ls -t "$BUILD_DIR"/mmcv-*-"$PYTAG"-*.whl | head -n1)
+            log "installing $WHEEL"
+            install_wheel "$WHEEL"
+            "$PY" -c 'import mmcv.ops' 2>/dev/null \
+                || die "mmcv built against torch $TORCH does not import: $(why_not mmcv.ops)"
+            mkdir -p "$USER_CACHE/torch-$TORCH_TAG" \
+                && cp -f "$WHEEL" "$USER_CACHE/torch-$TORCH_TAG/" || true
+        fi
+        log "mmcv from $WHEEL: mmcv.ops imports with torch $TORCH"
+    fi
 fi
 
-log "installing convnext_backbone[$EXTRAS] (editable) and its dependencies"
-"${PIP[@]}" install -q --no-build-isolation -e "$ROOT[$EXTRAS]"
-"$PY" -c 'import mmcv.ops, mmdet, mmseg, convnext_backbone'
+log "installing convnext_backbone[$EXTRAS] (editable) and its dependencies (mmcv: $MMCV_REQUIREMENT)"
+# pyproject.toml's requirements resolved together under the constraints, with mmcv as installed
+# above (mmcv or mmcv-lite) and without what this torch excludes
+REQUIREMENTS=$(pyproject requirements "$EXTRAS" "$MMCV_REQUIREMENT" "$TORCH_DIST")
+mapfile -t REQUIREMENTS <<< "$REQUIREMENTS"
+"${INSTALL[@]}" --no-build-isolation --no-deps -e "$ROOT[$EXTRAS]"
+"${INSTALL[@]}" "${REQUIREMENTS[@]}"
+"$PY" -c "$CHECK" || die "the installed environment fails: $PY -c '$CHECK'"
 echo "$KEY" > "$STAMP"
-log "done: $("$PY" -c 'import torch, mmcv, mmdet, mmseg, mmengine, numpy; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, numpy {numpy.__version__}")')"
+log "done ($PREFIX): $("$PY" -c 'import importlib.metadata as m
+names = ("torch", "numpy", "opencv-python", "mmengine", "mmcv", "mmcv-lite", "mmdet", "mmsegmentation")
+def version(name):
+    try: return m.version(name)
+    except m.PackageNotFoundError: return None
+print(", ".join(f"{n} {version(n)}" for n in names if version(n)))')"
