@@ -242,3 +242,14 @@ def test_quick_demo_trains_tests_and_draws_both_tasks(tmp_path):
     assert abs(ort_det['coco/segm_mAP'] - det['coco/segm_mAP']) <= 0.01
     assert abs(ort_seg['mIoU'] - seg['mIoU']) <= 0.5  # mmseg reports percentages
     assert 'ONNX Runtime: bbox mAP' in run.stdout and 'ONNX Runtime: mIoU' in run.stdout
+    # where bf16 is native, both models were tested again with tools/test.py --bf16
+    from convnext_backbone import machine
+    if machine.native_bf16():
+        with open(work / 'det' / 'bf16' / 'test_metrics.json') as f:
+            bf16_det = json.load(f)
+        with open(work / 'seg' / 'bf16' / 'test_metrics.json') as f:
+            bf16_seg = json.load(f)
+        assert abs(bf16_det['coco/bbox_mAP'] - det['coco/bbox_mAP']) <= 0.01
+        assert abs(bf16_det['coco/segm_mAP'] - det['coco/segm_mAP']) <= 0.01
+        assert abs(bf16_seg['mIoU'] - seg['mIoU']) <= 1.0
+        assert 'Mask R-CNN bf16: bbox mAP' in run.stdout and 'UperNet bf16: mIoU' in run.stdout
