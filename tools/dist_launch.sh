@@ -7,9 +7,10 @@
 # interpreter; MAX_RESTARTS (default 0) is torchrun's --max-restarts: after a worker dies, the
 # whole group is restarted up to that many times (train.py then resumes from the last complete
 # checkpoint); with restarts, set RDZV_ID too on multi-node runs (the same on every node).
-# Either way SIGTERM or SIGUSR1 to this shell reaches the processes (as SIGTERM, through torchrun
-# or srun), and when they stopped training at a checkpoint the status is 75 (EXIT_STOPPED in
-# convnext_backbone/cli.py), else the command's. See docs/cluster.md.
+# Either way SIGTERM or SIGUSR1 to this shell reaches the processes (through torchrun as SIGTERM;
+# through srun as SIGUSR1, which slurm_train.sh sets in STOP_FORWARD_SIGNAL: srun answers a
+# SIGTERM by killing its tasks), and when they stopped training at a checkpoint the status is 75
+# (EXIT_STOPPED in convnext_backbone/cli.py), else the command's. See docs/cluster.md.
 set -euo pipefail
 
 run_until_stopped() {  # run_until_stopped COMMAND ARGS...: run it, pass on stop signals
@@ -26,7 +27,7 @@ run_until_stopped() {  # run_until_stopped COMMAND ARGS...: run it, pass on stop
     # for; a signal that comes before it started is passed on once it has.
     _STOP_CHILD=''
     _STOP_PENDING=''
-    trap '_forward_stop TERM' TERM USR1
+    trap '_forward_stop "${STOP_FORWARD_SIGNAL:-TERM}"' TERM USR1
     trap ':' INT  # Ctrl-C reaches the command's processes from the terminal; keep waiting
     "$@" &
     _STOP_CHILD=$!

@@ -4,11 +4,16 @@
 #       [train.py arguments ...]
 # GPUS (default 8), GPUS_PER_NODE (8), CPUS_PER_TASK (5) and SRUN_ARGS (extra srun options) come
 # from the environment.
-# Preemption and time limits (docs/cluster.md): SIGTERM or SIGUSR1 (sbatch --signal=USR1@300)
-# stops training at a checkpoint of the current iteration and every task exits with 75
-# (EXIT_STOPPED in convnext_backbone/cli.py). In a requeueable batch job (sbatch --requeue) this
-# script then runs `scontrol requeue $SLURM_JOB_ID`, and the requeued job (SLURM_RESTART_COUNT > 0)
-# continues from that checkpoint by itself. The script exits with srun's status.
+# Preemption and time limits (docs/cluster.md): SIGUSR1 to the tasks (scancel --signal=USR1,
+# sbatch --signal=USR1@300), SIGUSR1 or SIGTERM to this script (sbatch --signal=B:USR1@300; this
+# script passes either on to srun as SIGUSR1), or the SIGTERM with which Slurm ends a job
+# (scontrol requeue, preemption, scancel, the time limit) stops training at a checkpoint of the
+# current iteration, and every task exits with 75 (EXIT_STOPPED in convnext_backbone/cli.py).
+# When the job still runs (a signal ahead of the time limit, not Slurm ending it) and is a
+# requeueable batch job (sbatch --requeue), this script then runs `scontrol requeue
+# $SLURM_JOB_ID`; the requeued job (SLURM_RESTART_COUNT > 0) continues from that checkpoint by
+# itself. The script exits with srun's status. Tested against a real one-node Slurm 22.05
+# (tests/test_cluster.py, tools/slurm_cluster.sh).
 set -euo pipefail
 if [ $# -lt 4 ]; then
     echo "usage: $0 PARTITION JOB_NAME CONFIG WORK_DIR [train.py arguments ...]" >&2
@@ -32,11 +37,13 @@ CONVNEXT_STOP_REPORT="$(cd "$WORK_DIR" && pwd)/.stop_report.$$"
 export CONVNEXT_STOP_REPORT
 
 # run_until_stopped passes SIGTERM and SIGUSR1 sent to this shell (sbatch --signal=B:USR1@300) to
-# srun, which forwards them to its tasks (srun(1), SIGNALS AND ESCAPE SEQUENCES), and returns 75
-# when the tasks stopped at a checkpoint; srun itself returns the highest exit status of its
-# tasks, or 128 + the signal of a task that a signal ended (srun(1), RETURN VALUE).
+# srun as SIGUSR1, which srun forwards to its tasks (srun(1), SIGNALS AND ESCAPE SEQUENCES); srun
+# answers a SIGTERM of its own with "forcing job termination" and SIGKILL of the tasks. It
+# returns 75 when the tasks stopped at a checkpoint; srun itself returns the highest exit status
+# of its tasks, or 128 + the signal of a task that a signal ended (srun(1), RETURN VALUE).
 # shellcheck source=tools/dist_launch.sh
 source "$TOOLS/dist_launch.sh"
+STOP_FORWARD_SIGNAL=USR1
 status=0
 # shellcheck disable=SC2086  # SRUN_ARGS holds several options
 run_until_stopped srun -p "$PARTITION" \
@@ -51,15 +58,23 @@ run_until_stopped srun -p "$PARTITION" \
     || status=$?
 
 if [ "$status" -eq "$EXIT_STOPPED" ]; then
+    me=$(basename "$0")
     job=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null || true)
-    if [[ "$job" =~ (^|[[:space:]])Requeue=1([[:space:]]|$) ]] \
-            && [[ "$job" =~ (^|[[:space:]])BatchFlag=1([[:space:]]|$) ]]; then
-        echo "$(basename "$0"): training stopped at a checkpoint; requeueing job $SLURM_JOB_ID"
-        scontrol requeue "$SLURM_JOB_ID" \
-            || echo "$(basename "$0"): scontrol requeue $SLURM_JOB_ID failed" >&2
+    state=$(sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' <<<"$job" | head -n 1)
+    if ! [[ "$job" =~ (^|[[:space:]])BatchFlag=1([[:space:]]|$) ]]; then
+        echo "$me: training stopped at a checkpoint; run the same command with --resume to" \
+            "continue (in a batch job submitted with --requeue it is requeued)"
+    elif ! [[ "$job" =~ (^|[[:space:]])Requeue=1([[:space:]]|$) ]]; then
+        echo "$me: training stopped at a checkpoint; job $SLURM_JOB_ID is not requeueable" \
+            "(sbatch --requeue): submit it again with --resume to continue"
+    elif [ "$state" != RUNNING ]; then
+        # Slurm itself ends the job (scontrol requeue, preemption, scancel, the time limit) and
+        # decides whether it comes back: a cancel stays a cancel
+        echo "$me: training stopped at a checkpoint; Slurm ends job $SLURM_JOB_ID" \
+            "(JobState=${state:-unknown}), so this script does not requeue it"
     else
-        echo "$(basename "$0"): training stopped at a checkpoint; run the same command with" \
-            "--resume to continue (in a batch job submitted with --requeue it is requeued)"
+        echo "$me: training stopped at a checkpoint; requeueing job $SLURM_JOB_ID"
+        scontrol requeue "$SLURM_JOB_ID" || echo "$me: scontrol requeue $SLURM_JOB_ID failed" >&2
     fi
 fi
 exit "$status"
