@@ -327,11 +327,12 @@ class ConvNeXt(BaseModule):
         outs = []
         for i in range(4):
             if i == 0:
-                conv, norm = self.downsample_layers[0]
+                # indexed, not unpacked: torch 2.1's dynamo cannot unpack a module list
+                conv, norm = self.downsample_layers[0][0], self.downsample_layers[0][1]
                 x = norm(conv(x.contiguous(memory_format=torch.channels_last))
                          .permute(0, 2, 3, 1))                        # (N, H/4, W/4, C0)
             else:
-                norm, conv = self.downsample_layers[i]
+                norm, conv = self.downsample_layers[i][0], self.downsample_layers[i][1]
                 x = conv(norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             for block in self.stages[i]:
                 if self.with_cp and self.training and x.requires_grad:
