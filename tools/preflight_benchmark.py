@@ -7,7 +7,8 @@ Usage::
 
 Writes (once; reused later) a COCO instances file of train2017's size (118,287 images, 860,001
 instances with polygon masks and COCO's 80 categories, about as many bytes as
-``instances_train2017.json``) and the first few of its images, then builds the same
+``instances_train2017.json``) and every image it lists (one small JPEG, hard-linked under each
+name, so that the check of every image file runs as on real data), then builds the same
 ``CocoDataset`` dataloader in fresh processes, interleaved, ``--repeat`` times each:
 
 - ``mmengine Runner``: mmengine's ``Runner.build_dataloader`` (mmdet parses the file);
@@ -15,8 +16,11 @@ instances with polygon masks and COCO's 80 categories, about as many bytes as
 - ``+ json.load``: mmengine's build after a separate ``json.load`` of the file, i.e. what a check
   that parses the file itself (as our first round's did) costs on top.
 
-Prints the median wall time of the build and the median peak resident memory of the process
-(``ru_maxrss``) per variant, with the CPU model. The timed span starts after the Runner is
+Prints the median wall time and CPU time (user + system, less sensitive to other processes on a
+shared machine) of the build and the median peak resident memory of the process (``ru_maxrss``)
+per variant, with the CPU model; for ``ResumableRunner`` also the CPU time of the two parts of its
+image check (reading back every image's record from the dataset, and the ``stat`` and tail read
+of every image), timed apart after the build. The timed span starts after the Runner is
 constructed.
 """
 import argparse
@@ -32,14 +36,13 @@ from typing import Dict, List
 import numpy as np
 
 VARIANTS = {'mmengine Runner': 'plain', 'ResumableRunner': 'ours', '+ json.load': 'json'}
-SAMPLE_IMAGES = 5
 
 def write_data(folder: str, images: int, instances: int, seed: int = 0) -> str:
-    """Write ``annotations/instances_big.json`` and the first images; returns the root."""
+    """Write ``annotations/instances_big.json`` and its images; returns the root."""
     ann = osp.join(folder, 'annotations', 'instances_big.json')
     if osp.isfile(ann):
+        write_images(folder, images)
         return folder
-    import cv2
     from mmdet.datasets import CocoDataset
     os.makedirs(osp.join(folder, 'annotations'), exist_ok=True)
     os.makedirs(osp.join(folder, 'train'), exist_ok=True)
@@ -72,10 +75,32 @@ def write_data(folder: str, images: int, instances: int, seed: int = 0) -> str:
                 f.write(('' if ann_id == 1 else ', ') + json.dumps(record))
         f.write('], "categories": ' + json.dumps(categories) + '}')
     os.replace(tmp, ann)
-    for i in range(SAMPLE_IMAGES):
-        cv2.imwrite(osp.join(folder, 'train', f'{i + 1:012d}.jpg'),
-                    np.zeros((height, width, 3), np.uint8))
+    write_images(folder, images)
     return folder
+
+
+def write_images(folder: str, images: int) -> None:
+    """One 640x480 JPEG as ``train/000000000001.jpg`` and a hard link of it under every other
+    image name of the file (a copy where links are not possible).
+
+    Note:
+        Every name is the same inode, so after the first read its last bytes are in the page
+        cache; on real images with a cold cache each of the check's tail reads is a disk read.
+    """
+    import shutil
+
+    import cv2
+    first = osp.join(folder, 'train', f'{1:012d}.jpg')
+    if not osp.isfile(first):
+        cv2.imwrite(first, np.zeros((480, 640, 3), np.uint8))
+    for i in range(2, images + 1):
+        path = osp.join(folder, 'train', f'{i:012d}.jpg')
+        if osp.exists(path):
+            continue
+        try:
+            os.link(first, path)
+        except OSError:
+            shutil.copyfile(first, path)
 
 
 def run_child(variant: str, root: str) -> Dict[str, float]:
@@ -97,15 +122,25 @@ runner = runner_cls(model=torch.nn.Linear(1, 1), work_dir=root + '/work',
                     train_cfg=dict(by_epoch=False, max_iters=1),
                     optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
                     log_level='WARNING')
-start = time.perf_counter()
+start, cpu_start = time.perf_counter(), time.process_time()
 if variant == 'json':
     with open(root + '/annotations/instances_big.json') as f:
         json.load(f)
 built = runner.build_dataloader(runner._train_dataloader)
-seconds = time.perf_counter() - start
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
 import resource
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kB -> GiB
-print(json.dumps(dict(seconds=seconds, peak_gib=peak, images=len(built.dataset))))
+result = dict(seconds=seconds, cpu=cpu, peak_gib=peak, images=len(built.dataset))
+if variant == 'ours':  # the two parts of the image check, timed apart after the build
+    from convnext_backbone.engine import preflight
+    start = time.process_time()
+    infos = preflight._all_infos(built.dataset)
+    result['infos_cpu'] = time.process_time() - start
+    start = time.process_time()
+    preflight._check_files([i['img_path'] for i in infos], 'train', 'listed', root, 'prefix',
+                           False)
+    result['files_cpu'] = time.process_time() - start
+print(json.dumps(result))
 '''
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -138,12 +173,17 @@ def main(argv: List[str] = None) -> None:
         for name, variant in VARIANTS.items():
             results[name].append(run_child(variant, root))
     print(f'CPU: {cpu_model()}, {os.cpu_count()} cores; median of {args.repeat} fresh processes')
-    print(f'| {"dataloader build":<16} | {"s":>6} | {"peak RSS GiB":>12} |')
-    print(f'|{"-" * 18}|{"-" * 8}|{"-" * 14}|')
+    print(f'| {"dataloader build":<16} | {"s":>6} | {"CPU s":>6} | {"peak RSS GiB":>12} |')
+    print(f'|{"-" * 18}|{"-" * 8}|{"-" * 8}|{"-" * 14}|')
     for name, runs in results.items():
         seconds = statistics.median(r['seconds'] for r in runs)
+        cpu = statistics.median(r['cpu'] for r in runs)
         peak = statistics.median(r['peak_gib'] for r in runs)
-        print(f'| {name:<16} | {seconds:>6.1f} | {peak:>12.2f} |')
+        print(f'| {name:<16} | {seconds:>6.1f} | {cpu:>6.1f} | {peak:>12.2f} |')
+    ours = results['ResumableRunner']
+    print(f"ResumableRunner's image check, timed apart (CPU s): reading back the "
+          f"{ours[0]['images']} records {statistics.median(r['infos_cpu'] for r in ours):.1f}, "
+          f"stat + tail read of each image {statistics.median(r['files_cpu'] for r in ours):.1f}")
 
 
 if __name__ == '__main__':
