@@ -483,7 +483,7 @@ def slurm(tmp_path_factory):
     script = os.path.join(TOOLS, 'slurm_cluster.sh')
     proc = subprocess.run(['bash', script, 'start', str(folder)], capture_output=True, text=True,
                           timeout=900)
-    if proc.returncode == 3:  # not installed and not installable (not root, no apt-get)
+    if proc.returncode == 3:  # not root, or not installed and not installable (no apt-get)
         pytest.skip(proc.stderr.strip().splitlines()[-1])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     yield str(folder / 'slurm.conf')

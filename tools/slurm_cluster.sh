@@ -16,7 +16,7 @@
 # partition "debug". Short waits, for tests: a requeued job may start again after
 # SLURM_CLUSTER_CRED_EXPIRE + 1 s (default 5: AuthInfo cred_expire, Slurm's default 120) and
 # KillWait is 10 s (Slurm's default 30). Exit status 3: Slurm is not installed and cannot be
-# installed here. Tested with Debian 12's slurm-wlm 22.05.8 and munge 0.5.15.
+# installed here, or this is not root. Tested with Debian 12's slurm-wlm 22.05.8 and munge 0.5.15.
 set -euo pipefail
 ME=$(basename "$0")
 CMD=${1:-}
@@ -150,7 +150,10 @@ node_state() {
 
 start() {
     install_packages
-    [ "$(id -u)" = 0 ] || die "run as root: slurmd starts each job's processes as its user"
+    if [ "$(id -u)" != 0 ]; then  # as exit status 3: no cluster can be started here
+        echo "$ME: run as root: slurmd starts each job's processes as its user" >&2
+        exit 3
+    fi
     if [ -e "$DIR/slurm.conf" ]; then
         die "$DIR already holds a cluster: run \`bash $0 stop $DIR\` first"
     fi
