@@ -144,6 +144,8 @@ def test_install_into_a_venv_with_another_torch_replaces_a_foreign_mmcv_build(tm
     if not os.path.exists(old_python):
         pytest.skip(f'no torch 2.1 venv at {OLD_VENV} (make install-oldest makes it)')
     old_tag, new_tag = _torch_tag(old_python), _torch_tag(sys.executable)
+    if old_tag == new_tag:
+        pytest.skip(f'{OLD_VENV} has the torch of this interpreter ({new_tag}): nothing foreign')
     right, foreign = _mmcv_wheels(old_tag), _mmcv_wheels(new_tag)
     if not right or not foreign:
         pytest.skip(f'needs mmcv wheels built for torch {old_tag} and {new_tag} in the caches '
