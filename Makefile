@@ -35,7 +35,7 @@ test-oldest: install-oldest
 	$(OLD_VENV)/bin/python -m pytest -q $(CORE_TESTS) $(CORE_DESELECT)
 
 lint: install
-	$(PY) -m ruff check convnext_backbone tools tests configs
+	$(PY) -m ruff check convnext_backbone tools tests configs setup.py
 
 bench: install
 	$(PY) tools/benchmark.py --train --memory
