@@ -275,7 +275,7 @@ model = dict(
     backbone=dict(type='convnext_backbone.ConvNeXt',
                   arch=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)), out_indices=(2, 3)),
     decode_head=dict(type='FCNHead', in_channels=64, in_index=1, channels=16, num_convs=1,
-                     concat_input=False, dropout_ratio=0., num_classes=8, norm_cfg=norm_cfg,
+                     concat_input=False, dropout_ratio=0., num_classes=150, norm_cfg=norm_cfg,
                      align_corners=False,
                      loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False,
                                       loss_weight=1.0)),
