@@ -23,7 +23,7 @@ from test_resume import SEG_CONFIG as RESUME_SEG_CONFIG
 from test_resume import RecordLr, _scalars, toy_runner
 
 from convnext_backbone import cli
-from convnext_backbone.checkpoint import allowlisted_globals, is_complete_checkpoint
+from convnext_backbone.checkpoint import is_complete_checkpoint, load_allowlisted
 from convnext_backbone.engine import StopOnSignalHook, find_resumable_checkpoint
 from convnext_backbone.engine.preemption import TrainingStopped, restarted_by, resume_after_restart
 
@@ -34,8 +34,7 @@ TIMEOUT = 300  # seconds for one training command; the machine may be shared and
 
 
 def _load(path):
-    with allowlisted_globals():
-        return torch.load(path, map_location='cpu', weights_only=True)
+    return load_allowlisted(path)
 
 
 # -- in-process: the stop hook on a toy runner -----------------------------------------------------
