@@ -160,19 +160,26 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)  # at ConvNeXt.forward
 
 
+def why_not_native_bf16() -> str:
+    """Why bf16 is not native here, e.g. ``'AMD EPYC has no avx512_bf16 or amx_bf16'``, or
+    ``''`` where it is (:func:`native_bf16`)."""
+    if native_bf16():
+        return ''
+    missing = ' or '.join(BF16_FLAGS)
+    if any(f in cpu_flags() for f in BF16_FLAGS):
+        return f'oneDNN limited to {_onednn_isa_limit()} cannot use its {missing}'
+    return f'{cpu_model()} has no {missing}'
+
+
 def warn_bf16_without_native_support() -> bool:
     """Warn once per process when bf16 CPU autocast is used on a CPU without native bf16.
 
     Returns:
         bool: True when the CPU lacks native bf16 (whether or not the warning was new).
     """
-    if native_bf16():
+    lacks = why_not_native_bf16()
+    if not lacks:
         return False
-    missing = ' or '.join(BF16_FLAGS)
-    if any(f in cpu_flags() for f in BF16_FLAGS):
-        lacks = f'oneDNN limited to {_onednn_isa_limit()} cannot use its {missing}'
-    else:
-        lacks = f'{cpu_model()} has no {missing}'
     _warn_once(f'bf16 autocast on a CPU without native bf16 ({lacks}): ConvNeXt runs about '
                f'{BF16_SLOWDOWN_WITHOUT_NATIVE}x slower than in float32 on such CPUs. Run in '
                'float32 (no autocast) here.')

@@ -108,10 +108,11 @@ def check_bf16(device: str = 'cpu') -> None:
         if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
             raise BF16Error('--bf16: this GPU does not support bfloat16; run without --bf16')
         return
-    if not machine.native_bf16():
-        raise BF16Error(f'--bf16: {machine.cpu_model()} has no native bf16 (avx512_bf16 or '
-                        f'amx_bf16), where bf16 runs about {machine.BF16_SLOWDOWN_WITHOUT_NATIVE}'
-                        'x slower than float32; run without --bf16')
+    lacks = machine.why_not_native_bf16()
+    if lacks:
+        raise BF16Error(f'--bf16 needs native bf16 ({lacks}); without it bf16 runs about '
+                        f'{machine.BF16_SLOWDOWN_WITHOUT_NATIVE}x slower than float32: run '
+                        'without --bf16')
 
 
 def _is_mmcv_op(module: nn.Module) -> bool:

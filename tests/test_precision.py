@@ -67,16 +67,24 @@ def _batch(scope, size):
     return synthetic_batch(scope, (size, size), 1, train=False)
 
 
+def _fp32_then_bf16(config, scope, size):
+    """The config's test_step output on one synthetic image in fp32, then after
+    ``prepare_bf16`` under bf16 autocast (random weights, the same model)."""
+    model = _model(config)
+    batch = _batch(scope, size)
+    with torch.no_grad():
+        ref = model.test_step(batch)[0]
+        prepare_bf16(model)
+        with torch.autocast('cpu', torch.bfloat16):
+            out = model.test_step(batch)[0]
+    return ref, out
+
+
 @needs_ops
 @needs_bf16
 def test_mask_rcnn_test_step_runs_in_bf16_with_float32_boxes_close_to_float32():
-    model = _model(DEMO_DET)
-    batch = _batch('mmdet', 160)
-    with torch.no_grad():
-        ref = model.test_step(batch)[0].pred_instances
-        prepare_bf16(model)
-        with torch.autocast('cpu', torch.bfloat16):
-            out = model.test_step(batch)[0].pred_instances
+    ref, out = _fp32_then_bf16(DEMO_DET, 'mmdet', 160)
+    ref, out = ref.pred_instances, out.pred_instances
     assert out.bboxes.dtype == torch.float32 and out.scores.dtype == torch.float32
     assert len(out) > 0
     # the best-scoring box of fp32 is found in bf16 within a few pixels
@@ -87,13 +95,7 @@ def test_mask_rcnn_test_step_runs_in_bf16_with_float32_boxes_close_to_float32():
 @needs_ops
 @needs_bf16
 def test_upernet_test_step_in_bf16_agrees_with_float32_on_most_pixels():
-    model = _model(DEMO_SEG)
-    batch = _batch('mmseg', 128)
-    with torch.no_grad():
-        ref = model.test_step(batch)[0]
-        prepare_bf16(model)
-        with torch.autocast('cpu', torch.bfloat16):
-            out = model.test_step(batch)[0]
+    ref, out = _fp32_then_bf16(DEMO_SEG, 'mmseg', 128)
     assert out.seg_logits.data.dtype == torch.float32
     agree = (out.pred_sem_seg.data == ref.pred_sem_seg.data).float().mean().item()
     assert agree > 0.95
