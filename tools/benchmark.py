@@ -774,9 +774,7 @@ def build_pair(task: str) -> Tuple[nn.Module, Optional[nn.Module], str]:
     randomise_(ours)
     peer = None
     if import_mmpretrain():
-        package, rel = peer_cfg.split('::')
-        installed = osp.dirname(__import__(package).__file__)
-        peer = cli.build_model(cli.read_config(osp.join(installed, '.mim', 'configs', rel)))
+        peer = build_random(peer_cfg)  # its weights are replaced by ours below
         mapping = key_map(peer.backbone)
         src = ours.state_dict()
         state = {}
