@@ -29,8 +29,8 @@ from typing import Any, Callable, Dict, Iterable, Tuple, Union
 import torch
 
 __all__ = ['MIN_TORCH', 'TORCH_ALLOWLISTS', 'TORCH_VERSION', 'autocast_dtype', 'autocast_enabled',
-           'is_compiling', 'is_exporting', 'require_torch', 'restricted_load', 'torch_at_least',
-           'weights_only_load']
+           'is_compiling', 'is_exporting', 'require_torch', 'restricted_load',
+           'set_autocast_dtype', 'torch_at_least', 'weights_only_load']
 
 #: The oldest torch this package supports (pyproject.toml says the same).
 MIN_TORCH = (2, 1)
