@@ -19,12 +19,24 @@ Note:
     recipes, nor ``convnext-v2/...``), and then tags every type of such a base with
     ``_scope_=<package>``, which would send our mmdet / mmseg types to the wrong registry. So
     :func:`enable_config_prefix` wraps that one static method for paths starting with
-    ``convnext_backbone::``; every other path goes to mmengine's own resolution unchanged.
+    ``convnext_backbone::``.
+
+    The same method cannot find ``mmseg::`` bases on the OneDL fork: it asks whether the
+    *distribution* ``mmsegmentation`` (``MODULE2PACKAGE['mmseg']``) is installed
+    (``mmengine/utils/package_utils.py``: ``is_installed``), and OneDL's is called
+    ``onedl-mmsegmentation`` ("mmsegmentation is not installed"; ``mmdet::`` works there only
+    because the module and the distribution share the name ``mmdet``). Where mmengine's own
+    resolution cannot find the package, the wrapper looks for the base where mmengine would have
+    (``<module folder>/.mim/configs/<path>``, ``_get_external_cfg_base_path``) by the *module*,
+    on either stack, and gives it the same scope (``mmseg``). Every other path, and every path
+    mmengine resolves, goes to mmengine's own resolution unchanged.
 """
 import functools
+import importlib.util
 import os.path as osp
+from typing import Optional, Tuple
 
-__all__ = ['PREFIX', 'config_path', 'enable_config_prefix', 'shipped_dir']
+__all__ = ['PREFIX', 'config_path', 'enable_config_prefix', 'package_config', 'shipped_dir']
 
 #: The config prefix of our recipes.
 PREFIX = 'convnext_backbone::'
@@ -69,11 +81,36 @@ def config_path(name: str) -> str:
     return path
 
 
-def enable_config_prefix() -> None:
-    """Let mmengine's ``Config`` resolve ``convnext_backbone::<path>`` to :func:`config_path`.
+def package_config(cfg_path: str) -> Optional[Tuple[str, str]]:
+    """Where an OpenMMLab package's ``scope::path`` base lies, found by its module.
 
-    The base is read as a local file without a ``_scope_`` of its own: our recipes name
-    ``default_scope`` ('mmdet' or 'mmseg') themselves. Idempotent.
+    Args:
+        cfg_path (str): e.g. ``'mmseg::_base_/models/upernet_r50.py'``.
+
+    Returns:
+        tuple[str, str] | None: (file, scope) when ``scope`` is an importable module that ships
+        the file under ``.mim/configs``; None otherwise.
+    """
+    scope, sep, path = cfg_path.partition('::')
+    if not sep or not scope.isidentifier():
+        return None
+    try:
+        spec = importlib.util.find_spec(scope)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    found = osp.join(osp.dirname(spec.origin), '.mim', 'configs', path)
+    return (found, scope) if osp.isfile(found) else None
+
+
+def enable_config_prefix() -> None:
+    """Let mmengine's ``Config`` resolve ``convnext_backbone::<path>`` to :func:`config_path`,
+    and ``mmdet::`` / ``mmseg::`` bases on either OpenMMLab stack (see the module's Note).
+
+    A ``convnext_backbone::`` base is read as a local file without a ``_scope_`` of its own: our
+    recipes name ``default_scope`` ('mmdet' or 'mmseg') themselves. ``import convnext_backbone``
+    runs this. Idempotent.
     """
     from mmengine.config import Config
     resolve = Config._get_cfg_path
@@ -84,7 +121,14 @@ def enable_config_prefix() -> None:
     def _get_cfg_path(cfg_path: str, filename: str):
         if cfg_path.startswith(PREFIX):
             return config_path(cfg_path), None
-        return resolve(cfg_path, filename)
+        try:
+            return resolve(cfg_path, filename)
+        except (ImportError, ModuleNotFoundError):
+            # OneDL: the distribution is not called what MODULE2PACKAGE says
+            found = package_config(cfg_path)
+            if found is None:
+                raise
+            return found
 
     _get_cfg_path.convnext_backbone_prefix = True
     Config._get_cfg_path = staticmethod(_get_cfg_path)

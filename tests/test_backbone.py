@@ -1,6 +1,7 @@
 """Behaviour of the ConvNeXt backbone: shapes, options, freezing, checkpointing, drop path."""
 import pytest
 import torch
+from helpers import needs_ops
 from reference import RefConvNeXt, randomise_
 
 from convnext_backbone import ARCH_SETTINGS, ConvNeXt
@@ -159,6 +160,7 @@ def test_outputs_equal_the_plain_reference_implementation(v2):
             assert (ours - theirs).norm() / theirs.norm() < 1e-5
 
 
+@needs_ops
 def test_outputs_are_contiguous_nchw_as_mmcv_ops_expect():
     # mmcv's RoIAlign reads its input as contiguous NCHW regardless of strides.
     from mmcv.ops import roi_align

@@ -170,8 +170,8 @@ def test_install_into_a_venv_with_another_torch_replaces_a_foreign_mmcv_build(tm
     shutil.copy(right[0], user / os.path.basename(right[0]))
 
     proc = _run(['bash', os.path.join(ROOT, 'tools', 'install.sh')], cwd=tmp_path,
-                VENV=str(venv), MMCV_OPS='1', EXTRAS='safetensors', MMCV_WHEELS=str(tmp_path /
-                                                                                    'wheels'),
+                VENV=str(venv), MMCV_OPS='1', EXTRAS='safetensors,openmmlab-core',
+                MMCV_WHEELS=str(tmp_path / 'wheels'),
                 XDG_CACHE_HOME=str(tmp_path / 'cache'))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
