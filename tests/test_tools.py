@@ -331,7 +331,7 @@ def test_the_payload_runs_its_code_when_fully_unpickled(tmp_path):
 
 
 @needs_ops
-@pytest.mark.parametrize('entry', ['init_cfg', 'load_from', 'convert_checkpoint.py',
+@pytest.mark.parametrize('entry', ['init_cfg', 'load_from', 'resume', 'convert_checkpoint.py',
                                    'convert_mmdet2_checkpoint.py', 'test.py', 'infer.py'])
 def test_checkpoint_with_a_type_outside_the_allowlist_is_refused_without_running_it(
         trained, tiny_coco, poisoned, tmp_path, entry):
@@ -345,9 +345,9 @@ def test_checkpoint_with_a_type_outside_the_allowlist_is_refused_without_running
         with pytest.raises(CheckpointError) as err:
             model.init_weights()
         message = str(err.value)
-    elif entry == 'load_from':
+    elif entry in ('load_from', 'resume'):
         cfg = cli.load_config(config, work_dir=str(tmp_path / 'work'))
-        cfg.load_from = str(path)
+        cfg.load_from, cfg.resume = str(path), entry == 'resume'
         with pytest.raises(CheckpointError) as err:
             cli.build_runner(cfg).load_or_resume()
         message = str(err.value)

@@ -27,12 +27,9 @@ from typing import Any, BinaryIO, Iterator, List, Union
 import torch
 
 from .. import compat
+from . import zoo
 
 _HISTORY_BUFFER_STATISTICS = ('min', 'max', 'mean', 'current')
-#: mmengine's CheckpointLoader schemes that name models rather than files
-#: (mmengine/runner/checkpoint.py: load_from_openmmlab, load_from_torchvision, ...).
-_MODEL_ZOO_SCHEMES = ('open-mmlab://', 'openmmlab://', 'torchvision://', 'modelzoo://', 'mmcls://',
-                      'pavi://')
 _NUMPY_DTYPES = ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32',
                  'uint64', 'float16', 'float32', 'float64', 'str', 'bytes')
 
@@ -143,9 +140,10 @@ def read_checkpoint(path: str) -> Any:
     ``.safetensors`` files are read with safetensors; http(s) URLs are downloaded once into
     torch hub's cache; other storage (``s3://`` ..., any scheme of mmengine's file back ends) is
     fetched with ``mmengine.fileio.get`` and read as a local file. mmengine's model-zoo names
-    (``open-mmlab://``, ``torchvision://``, ``mmcls://`` ...) go through mmengine's
-    ``CheckpointLoader`` inside :func:`allowlisted_globals`, from torch 2.6 only: its
-    ``torch.load`` calls pass no ``weights_only``, which is False on older torch.
+    (``torchvision://``, ``open-mmlab://``, ``mmcls://``) are resolved to their file with
+    mmengine's tables (:mod:`.zoo`) and read the same way, never through mmengine's
+    ``CheckpointLoader`` (which unpickles without restriction on older torch, and on the OneDL
+    fork falls back to full unpickling), on every supported torch and either stack.
 
     Args:
         path (str): Local path or URL.
@@ -157,20 +155,16 @@ def read_checkpoint(path: str) -> Any:
         CheckpointError: The file is missing, unreachable, truncated or corrupt, or holds an
             object outside the allowlist; one line naming the file.
     """
+    mmcls = path.startswith('mmcls://')
+    if zoo.is_zoo_name(path):
+        try:
+            path = zoo.resolve(path)
+        except zoo.ZooError as err:
+            raise CheckpointError(str(err)) from None
+    if mmcls:
+        return zoo.mmcls_backbone(read_checkpoint(path))
     if re.match(r'^https?://', path):
         path = _download(path)
-    elif path.startswith(_MODEL_ZOO_SCHEMES):
-        if not compat.TORCH_ALLOWLISTS:
-            raise CheckpointError(
-                f'{path}: reading {path.split("://")[0]}:// checkpoints needs torch >= 2.6 '
-                f"(mmengine's CheckpointLoader unpickles them without restrictions on torch "
-                f'{torch.__version__}); give the URL or a local file instead')
-        from mmengine.runner.checkpoint import CheckpointLoader
-        try:
-            with allowlisted_globals():
-                return CheckpointLoader.load_checkpoint(path, map_location='cpu')
-        except Exception as err:  # noqa: BLE001 - every reading error becomes one clear line
-            raise explain_read_error(path, err) from None
     elif '://' in path:
         from mmengine.fileio import get
         try:
