@@ -4,9 +4,10 @@ Usage:
     python tools/convert_checkpoint.py IN OUT
 
 IN may be an official classification or detection/segmentation checkpoint, an mmpretrain, timm
-(.pth or .safetensors) or HF transformers file, a DINOv3 ConvNeXt file (raw .pth, or HF
+(.pth or .safetensors), torchvision or HF transformers file, a DINOv3 ConvNeXt file (raw .pth, or HF
 transformers .safetensors / .bin), a ConvNeXt-V2 FCMAE pre-training file (pt_only/*.pt), a
-checkpoint written by our tools/train.py, or a URL. OUT holds ``{'state_dict': backbone weights}``
+checkpoint written by our tools/train.py, a URL, or a model-zoo name such as
+``torchvision://convnext_tiny``. OUT holds ``{'state_dict': backbone weights}``
 with plain tensors only, so it loads with ``torch.load(weights_only=True)``. DINOv3's final norm
 is kept as ``norm3``; FCMAE's sparse-conv kernels are written as dense conv weights.
 """

@@ -2,7 +2,8 @@
 
 - :mod:`.io`: reading files (the allowlist of unpickled types, the one error explainer);
 - :mod:`.layouts`: the pure conversion of every known ConvNeXt layout to ours;
-- :mod:`.load`: the strict "does it fit" check and the loaders built on it.
+- :mod:`.load`: the strict "does it fit" check and the loaders built on it;
+- :mod:`.zoo`: mmengine's model-zoo names (``torchvision://`` ...) resolved to files.
 """
 from .io import (
     CheckpointError,
@@ -21,6 +22,7 @@ from .layouts import (
     OFFICIAL_CLS,
     OFFICIAL_DENSE,
     TIMM,
+    TORCHVISION,
     Converted,
     convert_state_dict,
     describe_arch,
@@ -29,7 +31,7 @@ from .layouts import (
 from .load import Fit, check_fit, load_pretrained, load_state_strictly
 
 __all__ = ['DINOV3', 'DINOV3_HF', 'FCMAE', 'HF', 'MMPRETRAIN', 'OFFICIAL_CLS', 'OFFICIAL_DENSE',
-           'TIMM', 'CheckpointError',
+           'TIMM', 'TORCHVISION', 'CheckpointError',
            'Converted', 'Fit', 'allowlisted_globals', 'check_fit', 'convert_state_dict',
            'describe_arch', 'is_complete_checkpoint', 'load_allowlisted', 'load_pretrained',
            'load_state_strictly', 'read_checkpoint', 'torch_load', 'unwrap_state_dict']

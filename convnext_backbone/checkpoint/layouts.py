@@ -15,7 +15,8 @@ there. Where no key of the file has the prefix, the whole file is read in its ow
 
 Note:
     The classifier's final LayerNorm (official ``norm``, timm ``head.norm``, HF ``layernorm``,
-    mmpretrain classification ``norm3``) normalises pooled features, not a feature map. As in the
+    mmpretrain classification ``norm3``, torchvision ``classifier.0``) normalises pooled
+    features, not a feature map. As in the
     official detection/segmentation code, it is not loaded: ``norm3`` starts from weight 1,
     bias 0. Whether a file is a classification file (it has a classifier head) is decided on the
     whole file, before any ``prefix`` is applied, so the prefix never changes what is loaded.
@@ -43,6 +44,7 @@ HF = 'HF transformers'
 DINOV3 = 'DINOv3'
 DINOV3_HF = 'DINOv3 HF transformers'
 FCMAE = 'ConvNeXt-V2 FCMAE pre-training'
+TORCHVISION = 'torchvision'
 
 _BLOCK = r'stages\.(\d)\.(\d+)\.'
 # One ordered (pattern, replacement) table per layout, first match wins. The tables are data
@@ -94,6 +96,26 @@ _RULES: Dict[str, Tuple[Tuple[str, str], ...]] = {
         (r'\.kernel$', '.weight'),
     ),
 }
+
+
+def _torchvision_rules() -> Tuple[Tuple[str, str], ...]:
+    """torchvision/models/convnext.py: ``features`` is [stem, stage 0, downsample, stage 1, ...]
+    (stages at odd indices, (LayerNorm2d, conv) downsamples at even ones); a ``CNBlock`` is
+    ``block`` = [dwconv, Permute, LayerNorm, Linear, GELU, Linear, Permute] and ``layer_scale``."""
+    rows = [(r'^features\.0\.(\d)\.', r'downsample_layers.0.\1.')]
+    for i in range(4):
+        stage = 2 * i + 1
+        rows += [(rf'^features\.{stage}\.(\d+)\.block\.0\.', rf'stages.{i}.\1.dwconv.'),
+                 (rf'^features\.{stage}\.(\d+)\.block\.2\.', rf'stages.{i}.\1.norm.'),
+                 (rf'^features\.{stage}\.(\d+)\.block\.3\.', rf'stages.{i}.\1.pwconv1.'),
+                 (rf'^features\.{stage}\.(\d+)\.block\.5\.', rf'stages.{i}.\1.pwconv2.'),
+                 (rf'^features\.{stage}\.(\d+)\.layer_scale$', rf'stages.{i}.\1.gamma')]
+        if i < 3:
+            rows.append((rf'^features\.{stage + 1}\.(\d)\.', rf'downsample_layers.{i + 1}.\1.'))
+    return tuple(rows)
+
+
+_RULES[TORCHVISION] = _torchvision_rules()
 # Keys of the backbone proper, once renamed; anything else (heads, necks, the classifier's final
 # norm) is reported as unused.
 _NATIVE = re.compile(r'^(downsample_layers\.\d\.\d\.|stages\.\d\.\d+\.|norm\d\.)')
@@ -240,6 +262,8 @@ def _detect(state: Dict[str, torch.Tensor]) -> Tuple[str, Dict[str, torch.Tensor
             return HF, _strip_prefix(state, prefix)
     if 'stem.0.weight' in state:
         return TIMM, state
+    if 'features.0.0.weight' in state and 'features.1.0.layer_scale' in state:
+        return TORCHVISION, state
     # DINOv3 HF: what save_pretrained writes, or the 'model.'-prefixed in-memory state dict
     # of transformers >= 5.
     for prefix in ('', 'model.'):
@@ -256,6 +280,7 @@ def _detect(state: Dict[str, torch.Tensor]) -> Tuple[str, Dict[str, torch.Tensor
         raise CheckpointError('no ConvNeXt layout matches: expected keys such as '
                               "'downsample_layers.0.0.weight' (official, mmpretrain, DINOv3), "
                               "'stem.0.weight' (timm), 'convnext.embeddings.*' (HF), "
+                              "'features.0.0.weight' (torchvision), "
                               "'stages.0.downsample_layers.0.weight' (DINOv3 HF) or "
                               f"'encoder.downsample_layers.*' (FCMAE); first keys are {keys[:3]}")
     if any('.depthwise_conv.' in k for k in state):
@@ -275,6 +300,8 @@ def _native_shape(key: str, value: torch.Tensor) -> torch.Tensor:
     if re.search(r'(dwconv|downsample_layers\.\d\.\d)\.weight$', key) and value.dim() in (2, 3):
         return _dense_kernel(key, value)                               # FCMAE sparse kernels
     if key.endswith('.bias') and value.dim() == 2:                     # FCMAE (1, C)
+        return value.reshape(-1)
+    if key.endswith('.gamma') and value.dim() == 3:                    # torchvision (C, 1, 1)
         return value.reshape(-1)
     return value
 
