@@ -30,7 +30,7 @@ import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 __all__ = ['MARGIN', 'Decision', 'Kernel', 'ShapeClass', 'choose', 'decided', 'decisions',
-           'policy', 'reset', 'save', 'use_policy']
+           'policy', 'reset', 'save', 'use_policy', 'version']
 
 T = TypeVar('T')
 
@@ -124,6 +124,9 @@ _SLOW: Dict[ShapeClass, int] = {}
 _REPROBES: Dict[ShapeClass, int] = {}
 _OVERRIDE: Optional[str] = None
 _PINNED: Dict[Tuple[str, float], Dict[ShapeClass, Kernel]] = {}
+# Counts every change of _DECISIONS (a new, replaced, dropped or forgotten decision), so that a
+# saver can tell a re-probe that replaced one kernel with another from no change at all.
+_VERSION = 0
 
 
 def policy() -> str:
@@ -231,8 +234,14 @@ def _pinned_decision(path: str, shape: ShapeClass, kernels: Sequence[Kernel]) ->
     return decision
 
 
+def _changed() -> None:
+    global _VERSION
+    _VERSION += 1
+
+
 def _record(shape: ShapeClass, decision: Decision) -> None:
     _DECISIONS[shape] = decision
+    _changed()
     if decision.source == 'probe':
         timed = ', '.join(f'{k} {s * 1e3:.2f} ms' for k, s in decision.seconds.items())
         how = f'fastest of {timed}'
@@ -255,6 +264,7 @@ def _watch(shape: ShapeClass, decision: Decision, seconds: float) -> None:
         _REPROBES[shape] = _REPROBES.get(shape, 0) + 1
         _SLOW[shape] = 0
         del _DECISIONS[shape]
+        _changed()
 
 
 def decided(shape: ShapeClass) -> Optional[Kernel]:
@@ -262,6 +272,12 @@ def decided(shape: ShapeClass) -> Optional[Kernel]:
     policy is not recorded), or None."""
     decision = _DECISIONS.get(shape)
     return decision.kernel if decision is not None else None
+
+
+def version() -> int:
+    """A number that changes whenever a decision is made, replaced (a re-probe) or forgotten:
+    what a saver of :func:`decisions` compares to know whether its file is current."""
+    return _VERSION
 
 
 def decisions() -> Dict[ShapeClass, Decision]:
@@ -317,3 +333,4 @@ def reset(shape: Optional[ShapeClass] = None) -> None:
             table.pop(shape, None)
     if shape is None:
         _PINNED.clear()
+    _changed()

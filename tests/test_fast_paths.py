@@ -1,5 +1,6 @@
 """Fast paths agree with the plain reference: oneDNN products, blocked MLPs, bf16, compile."""
 import copy
+import json
 
 import pytest
 import torch
@@ -214,3 +215,50 @@ def test_blocked_mlps_refuse_a_non_positive_block(rows):
         ops.blocked_mlp(x, *params, rows=rows)
     with pytest.raises(ValueError, match=f'rows={rows}'):
         ops.blocked_residual_mlp(x, *params, x, None, rows=rows)
+
+
+# -- saving decisions: a re-probe is written ----------------------------------------------------
+def test_a_re_probe_is_saved_and_a_pinned_rerun_repeats_the_new_kernel(tmp_path):
+    """A decision replaced by a drift re-probe leaves the number of decisions as it was; the
+    work dir's fast_paths.json must still hold the new kernel, and pinning it must run it."""
+    import time
+    import types
+
+    from mmengine.logging import MMLogger
+
+    from convnext_backbone import tuning
+    from convnext_backbone.engine.hooks import FastPathsHook
+
+    shape = tuning.ShapeClass('inference', 8, 32, 'float32', 'float32', True, False, False, 5, 1)
+    plain, fused = tuning.Kernel('plain'), tuning.Kernel('onednn')
+    delay = {plain: 0.02, fused: 0.0}
+
+    def run(kernel):
+        time.sleep(delay[kernel])
+        return kernel
+
+    hook = FastPathsHook()
+    runner = types.SimpleNamespace(work_dir=str(tmp_path), logger=MMLogger.get_current_instance())
+    saved = tmp_path / 'fast_paths.json'
+
+    def file_kernel():
+        return [tuning.Kernel(**e['kernel']) for e in json.loads(saved.read_text())['decisions']]
+
+    tuning.reset()
+    try:
+        with tuning.use_policy('auto'):
+            assert tuning.choose(shape, [plain, fused], run)[0] == fused
+            hook.after_train_epoch(runner)
+            assert file_kernel() == [fused]
+            delay[plain], delay[fused] = 0.0, 0.02   # the fused kernel slows down here
+            ran = [tuning.choose(shape, [plain, fused], run)[0]
+                   for _ in range(tuning.SLOW_CALLS + 1)]
+            assert ran[-1] == plain and len(tuning.decisions()) == 1  # re-probed, same count
+            hook.after_train_epoch(runner)
+        assert file_kernel() == [plain]
+        tuning.reset()                                      # a new run, pinned to the file
+        with tuning.use_policy(str(saved)):
+            assert tuning.choose(shape, [plain, fused], run)[0] == plain
+            assert tuning.decisions()[shape].source == 'pinned'
+    finally:
+        tuning.reset()

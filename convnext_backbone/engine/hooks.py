@@ -125,18 +125,19 @@ class FastPathsHook(Hook):
 
     def __init__(self, filename: str = 'fast_paths.json') -> None:
         self.filename = filename
-        self._saved = 0
+        self._saved: Optional[int] = None  # tuning.version() of what the file holds
 
     def _save(self, runner: Runner) -> None:
-        count = len(tuning.decisions())
-        if not is_main_process() or count == self._saved:
+        # by version, not by count: a re-probe replaces a kernel and leaves the count as it was
+        current = tuning.version()
+        if not is_main_process() or current == self._saved or not tuning.decisions():
             return
         path = osp.join(runner.work_dir, self.filename)
         tuning.save(path)
-        if not self._saved:
+        if self._saved is None:
             runner.logger.info(f'fast-path decisions saved to {path} (repeat these kernels with '
                                f'CONVNEXT_FAST_PATHS={path})')
-        self._saved = count
+        self._saved = current
 
     def after_train_epoch(self, runner: Runner) -> None:
         """Save new decisions."""
