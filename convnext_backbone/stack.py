@@ -96,3 +96,10 @@ def check_stack() -> str:
         StackError: None or a mixed stack, in one line.
     """
     return stack_of(installed())
+
+
+if __name__ == '__main__':
+    # tools/install.sh asks which stack an environment holds before the package is installed
+    # there: `python convnext_backbone/stack.py` prints 'stack:distribution' for each one found
+    print(' '.join(f'{name}:{dist}' for name, dists in sorted(installed().items())
+                   for dist in sorted(dists)))

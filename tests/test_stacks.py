@@ -12,6 +12,8 @@ import sys
 from importlib import metadata
 
 import pytest
+import torch
+from helpers import needs_ops
 from packaging.requirements import Requirement
 
 from convnext_backbone import STACK, stack
@@ -208,3 +210,45 @@ def test_every_shipped_recipe_loads_on_this_stack(recipe):
     cfg = Config.fromfile(os.path.join(ROOT, 'configs', recipe))
     assert cfg.default_scope in ('mmdet', 'mmseg')
     assert cfg.model.backbone.type == 'convnext_backbone.ConvNeXt'
+
+
+# -- mmcv's compiled ops on this stack ------------------------------------------------------------
+def _greedy_nms(boxes, scores, threshold):
+    """The definition: keep the best box, drop those overlapping it by IoU > threshold, repeat."""
+    order = scores.argsort(descending=True).tolist()
+    keep = []
+    while order:
+        best = order.pop(0)
+        keep.append(best)
+        rest = []
+        for other in order:
+            lt = torch.maximum(boxes[best, :2], boxes[other, :2])
+            rb = torch.minimum(boxes[best, 2:], boxes[other, 2:])
+            inter = (rb - lt).clamp(min=0).prod()
+            areas = (boxes[[best, other], 2:] - boxes[[best, other], :2]).prod(1)
+            if inter / (areas.sum() - inter) <= threshold:
+                rest.append(other)
+        order = rest
+    return keep
+
+
+@needs_ops
+def test_mmcv_nms_keeps_the_boxes_of_the_greedy_definition():
+    from mmcv.ops import nms
+    torch.manual_seed(0)
+    xy = torch.rand(60, 2) * 50
+    boxes = torch.cat([xy, xy + 5 + torch.rand(60, 2) * 20], 1)
+    scores = torch.rand(60)
+    _, keep = nms(boxes, scores, 0.5)
+    assert keep.tolist() == _greedy_nms(boxes, scores, 0.5)
+
+
+@needs_ops
+def test_mmcv_roi_align_averages_a_linear_map_to_its_bin_centres():
+    """On f(y, x) = x, RoIAlign's bilinear samples average to f at each bin's centre."""
+    from mmcv.ops import roi_align
+    feature = torch.arange(32.).repeat(1, 1, 32, 1)             # (1, 1, 32, 32), value = x
+    x1, y1, x2, y2 = 4.0, 6.0, 20.0, 14.0
+    pooled = roi_align(feature, torch.tensor([[0., x1, y1, x2, y2]]), (4, 4), 1.0, 2, 'avg', True)
+    centres = x1 - 0.5 + (torch.arange(4) + 0.5) * (x2 - x1) / 4  # aligned: pixel centres at +0.5
+    torch.testing.assert_close(pooled[0, 0], centres.repeat(4, 1))

@@ -65,20 +65,9 @@ else
 fi
 PREFIX=$("$PY" -c 'import sys; print(sys.prefix)')
 
-# the stack: the one the environment holds (convnext_backbone/stack.py's distribution names)
-HELD=$("$PY" - <<'EOF'
-from importlib import metadata
-held = set()
-for dist in metadata.distributions():
-    name = (dist.metadata['Name'] or '').lower().replace('_', '-')
-    if name in ('mmengine', 'mmengine-lite', 'mmcv', 'mmcv-lite', 'mmdet', 'mmsegmentation',
-                'mmpretrain'):
-        held.add(f'openmmlab:{name}')
-    elif name.startswith('onedl-mm'):
-        held.add(f'onedl:{name}')
-print(' '.join(sorted(held)))
-EOF
-)
+# the stack: the one the environment holds (convnext_backbone/stack.py, run as a script: it
+# needs nothing but the standard library)
+HELD=$("$PY" "$ROOT/convnext_backbone/stack.py")
 HELD_STACKS=$(for item in $HELD; do echo "${item%%:*}"; done | sort -u | paste -sd' ')
 case "$HELD_STACKS" in
     *' '*) die "$PREFIX holds a mixed OpenMMLab stack (${HELD//:/ }): uninstall one of them" \
