@@ -12,11 +12,12 @@ OLD_VENV := $(CURDIR)/.venv-torch21
 ONEDL_VENV := $(CURDIR)/.venv-onedl
 ONEDL_TORCH := torch==2.14.1 torchvision==0.29.1
 ONEDL_INSTALL := VENV=$(ONEDL_VENV) STACK=onedl TORCH_PACKAGES="$(ONEDL_TORCH)"
-# The OneDL checks that need no mmcv ops: stacks, prefixes and recipes, checkpoints (torchvision's
-# among them), layer decay, the backbone.
+# The OneDL checks that need no mmcv ops (building a detector or segmentor imports them): stacks
+# and packaging, every recipe loads, config prefixes, model-zoo names, torchvision's layout,
+# checkpoint reading and layouts, the backbone, layer decay's argument check.
 ONEDL_CORE_TESTS := tests/test_stacks.py tests/test_zoo.py tests/test_torchvision.py \
 	tests/test_checkpoint.py tests/test_checkpoint_families.py tests/test_compat.py \
-	tests/test_backbone.py tests/test_layer_decay.py tests/test_registry.py
+	tests/test_backbone.py tests/test_layer_decay.py::test_bad_paramwise_cfg_is_refused_with_what_is_allowed
 CORE_TESTS := tests/test_backbone.py tests/test_compat.py tests/test_fast_paths.py \
 	tests/test_module_contract.py tests/test_checkpoint.py tests/test_checkpoint_families.py \
 	tests/test_errors.py tests/test_resume.py tests/test_perf_choice.py \
