@@ -38,19 +38,29 @@ def _normalise(name: str) -> str:
     return name.lower().replace('_', '-').replace('.', '-')
 
 
+def _version(name: str) -> Optional[str]:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def installed(dists: Optional[Iterable[Tuple[str, str]]] = None) -> Dict[str, Dict[str, str]]:
     """The distributions of each stack present in the environment.
 
     Args:
         dists (Iterable[tuple[str, str]], optional): (name, version) pairs to read instead of the
-            environment's. Defaults to None (``importlib.metadata.distributions()``).
+            environment's. Defaults to None (the installed distributions of :data:`STACKS`).
 
     Returns:
         dict[str, dict[str, str]]: stack name -> {distribution: version}, only stacks with at
         least one distribution present.
     """
     if dists is None:
-        dists = ((d.metadata['Name'] or '', d.version) for d in metadata.distributions())
+        # each known name looked up (about 3 ms) rather than every distribution's metadata read
+        # (about 65 ms with 80 installed): this runs at every import of the package
+        dists = [(name, _version(name)) for names in STACKS.values() for name in names]
+        dists = [(name, version) for name, version in dists if version is not None]
     found: Dict[str, Dict[str, str]] = {}
     for name, version in dists:
         name = _normalise(name)
