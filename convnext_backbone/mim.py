@@ -123,7 +123,7 @@ def enable_config_prefix() -> None:
             return config_path(cfg_path), None
         try:
             return resolve(cfg_path, filename)
-        except (ImportError, ModuleNotFoundError):
+        except ImportError:  # ModuleNotFoundError included
             # OneDL: the distribution is not called what MODULE2PACKAGE says
             found = package_config(cfg_path)
             if found is None:

@@ -155,14 +155,12 @@ def read_checkpoint(path: str) -> Any:
         CheckpointError: The file is missing, unreachable, truncated or corrupt, or holds an
             object outside the allowlist; one line naming the file.
     """
-    mmcls = path.startswith('mmcls://')
     if zoo.is_zoo_name(path):
         try:
-            path = zoo.resolve(path)
+            checkpoint = read_checkpoint(zoo.resolve(path))
         except zoo.ZooError as err:
             raise CheckpointError(str(err)) from None
-    if mmcls:
-        return zoo.mmcls_backbone(read_checkpoint(path))
+        return zoo.mmcls_backbone(checkpoint) if path.startswith('mmcls://') else checkpoint
     if re.match(r'^https?://', path):
         path = _download(path)
     elif '://' in path:

@@ -19,7 +19,8 @@ import re
 from collections import OrderedDict
 from typing import Any, Dict
 
-__all__ = ['TORCHVISION_CONVNEXT', 'ZOO_SCHEMES', 'is_zoo_name', 'mmcls_backbone', 'resolve']
+__all__ = ['TORCHVISION_CONVNEXT', 'ZOO_SCHEMES', 'ZooError', 'is_zoo_name', 'mmcls_backbone',
+           'resolve']
 
 #: torchvision's ImageNet-1k ConvNeXt weights (``ConvNeXt_*_Weights.IMAGENET1K_V1.url`` in
 #: ``torchvision/models/convnext.py``; a test compares them with the installed torchvision).
@@ -29,7 +30,8 @@ TORCHVISION_CONVNEXT: Dict[str, str] = {
     'convnext_base': 'https://download.pytorch.org/models/convnext_base-6075fbad.pth',
     'convnext_large': 'https://download.pytorch.org/models/convnext_large-ea097f82.pth',
 }
-#: mmengine's model-zoo schemes, each with the table it reads.
+#: mmengine's model-zoo schemes (``CheckpointLoader.register_scheme`` in
+#: ``mmengine/runner/checkpoint.py``).
 ZOO_SCHEMES = ('torchvision://', 'modelzoo://', 'open-mmlab://', 'openmmlab://', 'mmcls://',
                'pavi://')
 
