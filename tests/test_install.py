@@ -14,6 +14,7 @@ import sysconfig
 import zipfile
 
 import pytest
+from helpers import layered_venv
 from test_tools import check, needs_ops, write_config, write_tiny_coco
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,15 +30,6 @@ def _run(args, cwd, timeout=600, **env):
     environ.update(OMP_NUM_THREADS='1', **env)
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=environ)
-
-
-def _layered_venv(path, base_site_packages):
-    """A venv whose own site-packages comes first, then ``base_site_packages``."""
-    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(path)], check=True)
-    site = glob.glob(os.path.join(path, 'lib', 'python3*', 'site-packages'))[0]
-    with open(os.path.join(site, '_base.pth'), 'w') as f:
-        f.write(base_site_packages + '\n')
-    return os.path.join(path, 'bin', 'python'), site
 
 
 @pytest.fixture(scope='module')
@@ -74,7 +66,7 @@ def installed(wheel, tmp_path_factory):
     """The wheel installed (no dependencies) into a venv outside the checkout that sees this
     interpreter's packages."""
     venv = tmp_path_factory.mktemp('installed') / 'venv'
-    python, site = _layered_venv(venv, sysconfig.get_paths()['purelib'])
+    python, site = layered_venv(venv, sysconfig.get_paths()['purelib'])
     check(_run([sys.executable, '-m', 'pip', '--python', python, 'install', '-q', '--no-deps',
                 wheel], cwd=venv))
     return venv, python, site
@@ -155,7 +147,7 @@ def test_install_into_a_venv_with_another_torch_replaces_a_foreign_mmcv_build(tm
                                '["purelib"])'], capture_output=True, text=True,
                               check=True).stdout.strip()
     venv = tmp_path / 'venv'
-    python, site = _layered_venv(venv, old_site)
+    python, site = layered_venv(venv, old_site)
     # the foreign build, installed in the venv, shadows whatever mmcv the base venv has
     check(_run([python, '-m', 'pip', 'install', '-q', '--no-deps', '--ignore-installed',
                 foreign[0]], cwd=tmp_path))

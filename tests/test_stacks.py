@@ -13,7 +13,7 @@ from importlib import metadata
 
 import pytest
 import torch
-from helpers import needs_ops
+from helpers import layered_venv, needs_ops
 from packaging.requirements import Requirement
 
 from convnext_backbone import STACK, stack
@@ -119,20 +119,17 @@ def test_no_stack_is_one_line_naming_both_extras():
 @pytest.fixture(scope='module')
 def mixed_python(tmp_path_factory):
     """A venv that sees this environment behind a real mmengine of the other stack."""
-    tmp = tmp_path_factory.mktemp('mixed')
-    venv = tmp / 'venv'
-    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True)
-    site = glob.glob(str(venv / 'lib' / 'python3*' / 'site-packages'))[0]
+    python, site = layered_venv(
+        tmp_path_factory.mktemp('mixed') / 'venv',
+        os.path.dirname(os.path.dirname(stack.__file__)),  # the checkout (editable install)
+        os.path.dirname(os.path.dirname(metadata.distribution('torch').locate_file(
+            'torch/__init__.py'))))
     proc = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--target',
                            site, OTHER_ENGINE[STACK]], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.skip(f'cannot fetch {OTHER_ENGINE[STACK]} from the package index: '
                     f'{proc.stderr.strip().splitlines()[-1:]}')
-    with open(os.path.join(site, '_base.pth'), 'w') as f:
-        f.write(os.path.dirname(os.path.dirname(stack.__file__)) + '\n')
-        f.write(os.path.dirname(os.path.dirname(metadata.distribution('torch').locate_file(
-            'torch/__init__.py'))) + '\n')
-    return str(venv / 'bin' / 'python')
+    return python
 
 
 def test_importing_the_package_in_a_mixed_environment_is_refused_in_one_line(mixed_python):

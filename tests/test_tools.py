@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import RunsCode
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -298,16 +299,6 @@ def test_own_checkpoint_runs_through_infer(trained, tiny_coco, tmp_path):
     assert [os.path.basename(e['image']) for e in entries] == ['0000.png', '0001.png']
     assert all(inst['class'] in ('person', 'car') or inst['class']
                for e in entries for inst in e['instances'])
-
-
-class RunsCode:
-    """Unpickles as ``os.system('touch MARKER')``: what a malicious checkpoint would carry."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
 
 
 @pytest.fixture(scope='module')

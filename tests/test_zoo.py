@@ -5,18 +5,9 @@ import os
 
 import pytest
 import torch
+from helpers import RunsCode
 
 from convnext_backbone.checkpoint import CheckpointError, read_checkpoint, zoo
-
-
-class RunsCode:
-    """Unpickles as ``os.system('touch MARKER')``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
 
 
 @pytest.fixture
