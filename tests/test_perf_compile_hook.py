@@ -1,4 +1,5 @@
-"""CompileForTestHook compiles for val/test only, for a bounded number of shapes."""
+"""CompileForTestHook (engine/compiled_eval.py) compiles for val/test only, for a bounded
+number of shapes."""
 from types import SimpleNamespace
 
 import pytest

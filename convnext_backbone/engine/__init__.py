@@ -8,10 +8,10 @@
 - :mod:`.dist`: distributed runs without CUDA;
 - :mod:`.preemption`: :class:`StopOnSignalHook`, a checkpoint of the current iteration on
   SIGTERM / SIGUSR1 on every rank;
-- :mod:`.compile_for_test`: :class:`CompileForTestHook`, ``torch.compile`` for val/test.
+- :mod:`.compiled_eval`: :class:`CompileForTestHook`, ``torch.compile`` for val/test.
 """
 from .checkpoint_files import atomic_target, find_resumable_checkpoint
-from .compile_for_test import CompileForTestHook
+from .compiled_eval import CompileForTestHook
 from .dist import CPUDistributedDataParallel
 from .hooks import FastPathsHook, FiniteLossHook, NonFiniteLossError
 from .loops import ResumableEpochBasedTrainLoop
