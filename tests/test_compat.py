@@ -1,7 +1,9 @@
-"""convnext_backbone.compat on the running torch (CI runs this file on torch 2.1 and the newest).
+"""convnext_backbone.compat and the checkpoint unpickler on the running torch (CI runs this file on
+torch 2.1 and the newest).
 
-The restricted unpickler that reads checkpoints below torch 2.6 runs on every torch, so on a new
-torch it is checked against torch's own ``weights_only`` loader.
+The restricted unpickler that reads checkpoints below torch 2.6
+(``convnext_backbone.checkpoint.unpickler``) runs on every torch, so on a new torch it is checked
+against torch's own ``weights_only`` loader.
 """
 import argparse
 import collections
@@ -14,11 +16,10 @@ import torch
 from mmengine.logging import HistoryBuffer
 
 from convnext_backbone import compat
-from convnext_backbone.checkpoint import CheckpointError, read_checkpoint
-from convnext_backbone.checkpoint.io import safe_globals
+from convnext_backbone.checkpoint import CheckpointError, read_checkpoint, unpickler
 
-LOADERS = {'restricted_load': compat.restricted_load,
-           'weights_only_load': compat.weights_only_load}
+LOADERS = {'restricted_load': unpickler.restricted_load,
+           'load_allowlisted': unpickler.load_allowlisted}
 
 
 def _checkpoint():
@@ -54,9 +55,9 @@ def _assert_same(got, want):
 def test_an_allowlisted_checkpoint_reads_back_whole(loader, zipped, tmp_path):
     path = tmp_path / 'ckpt.pth'
     torch.save(_checkpoint(), path, _use_new_zipfile_serialization=zipped)
-    _assert_same(LOADERS[loader](path, safe_globals()), _checkpoint())
+    _assert_same(LOADERS[loader](path), _checkpoint())
     with open(path, 'rb') as f:  # a file object too (read_checkpoint passes BytesIO for s3://)
-        _assert_same(LOADERS[loader](io.BytesIO(f.read()), safe_globals()), _checkpoint())
+        _assert_same(LOADERS[loader](io.BytesIO(f.read())), _checkpoint())
 
 
 def test_restricted_load_reads_what_torchs_weights_only_loader_reads(tmp_path):
@@ -65,8 +66,7 @@ def test_restricted_load_reads_what_torchs_weights_only_loader_reads(tmp_path):
         pytest.skip(f'torch {torch.__version__} has no allowlist to compare with (< 2.6)')
     path = tmp_path / 'ckpt.pth'
     torch.save(_checkpoint(), path)
-    _assert_same(compat.restricted_load(path, safe_globals()),
-                 compat.weights_only_load(path, safe_globals()))
+    _assert_same(unpickler.restricted_load(path), unpickler.load_allowlisted(path))
 
 
 class _WritesAFile:
@@ -85,7 +85,7 @@ def test_a_global_outside_the_allowlist_is_refused_and_never_runs(loader, tmp_pa
     torch.save({'state_dict': {}, 'x': _WritesAFile(marker)}, path)
     # open is io.open; torch >= 2.6 names it by the module it came from, as we do
     with pytest.raises(pickle.UnpicklingError, match=r'GLOBAL (io|builtins)\.open'):
-        LOADERS[loader](path, safe_globals())
+        LOADERS[loader](path)
     assert not marker.exists()
 
 
@@ -109,7 +109,7 @@ def test_getattr_is_allowed_only_for_history_buffer_statistics(tmp_path):
     path = tmp_path / 'evil.pth'
     torch.save({'x': Reaches()}, path)
     with pytest.raises(pickle.UnpicklingError, match='refusing getattr'):
-        compat.restricted_load(path, safe_globals())
+        unpickler.restricted_load(path)
 
 
 def test_numpy_arrays_read_under_the_names_of_numpy_1_and_2():
@@ -125,7 +125,7 @@ def test_numpy_arrays_read_under_the_names_of_numpy_1_and_2():
     assert ours in data  # the legacy format keeps the names as text (pickle protocol 2 GLOBAL)
     for written in (data, data.replace(ours, other)):
         for loader in LOADERS.values():
-            got = loader(io.BytesIO(written), safe_globals())
+            got = loader(io.BytesIO(written))
             np.testing.assert_array_equal(got['a'], np.arange(3.0))
 
 
@@ -133,7 +133,7 @@ def test_a_torchscript_archive_is_refused(tmp_path):
     path = tmp_path / 'scripted.pt'
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
     with pytest.raises(pickle.UnpicklingError, match='TorchScript'):
-        compat.restricted_load(path, safe_globals())
+        unpickler.restricted_load(path)
 
 
 def test_require_torch_refuses_in_one_line_naming_both_versions():

@@ -130,13 +130,13 @@ def test_generator_rejects_bad_options(tmp_path, kwargs, message):
 
 def test_pretraining_writes_an_official_checkpoint_the_backbone_loads(demo_data, tmp_path):
     from convnext_backbone import ConvNeXt
-    from convnext_backbone.checkpoint import OFFICIAL_CLS, convert_state_dict, torch_load
+    from convnext_backbone.checkpoint import OFFICIAL_CLS, convert_state_dict, read_checkpoint
     arch = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
     out = tmp_path / 'pre.pth'
     pretrain_demo.main(['--arch', json.dumps(arch), '--coco', str(demo_data / 'demo_coco'),
                         '--ade', str(demo_data / 'demo_ade'), '--out', str(out), '--iters', '2',
                         '--batch-size', '4', '--crop', '32', '--warmup', '1', '--threads', '1'])
-    ckpt = torch_load(str(out))
+    ckpt = read_checkpoint(str(out))
     state = ckpt['model']
     assert state['head.weight'].shape == (len(pretrain_demo.CLASSES), 64)
     assert state['norm.weight'].shape == (64,)

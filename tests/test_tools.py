@@ -239,23 +239,23 @@ def _own_checkpoint(trained):
 
 @needs_ops
 def test_own_checkpoint_carries_what_plain_weights_only_loading_refuses(trained):
-    from convnext_backbone.checkpoint import torch_load
+    from convnext_backbone.checkpoint import read_checkpoint
     path = _own_checkpoint(trained)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, map_location='cpu', weights_only=True)
-    ckpt = torch_load(str(path))
+    ckpt = read_checkpoint(str(path))
     assert {'state_dict', 'optimizer', 'param_schedulers', 'message_hub', 'meta'} <= set(ckpt)
 
 
 @needs_ops
 def test_own_checkpoint_initialises_a_backbone_through_init_cfg(trained):
     from convnext_backbone import ConvNeXt
-    from convnext_backbone.checkpoint import torch_load
+    from convnext_backbone.checkpoint import read_checkpoint
     path = _own_checkpoint(trained)
     model = ConvNeXt('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path),
                                            prefix='backbone.'))
     model.init_weights()
-    saved = torch_load(str(path))['state_dict']
+    saved = read_checkpoint(str(path))['state_dict']
     for key, value in model.state_dict().items():
         assert torch.equal(value, saved['backbone.' + key]), key
 
@@ -266,7 +266,7 @@ def test_own_checkpoint_fine_tunes_a_detector_with_other_classes_through_load_fr
     """COCO (80 classes) -> own data (3 classes): what differs stays initialised, the rest
     loads."""
     from convnext_backbone import cli
-    from convnext_backbone.checkpoint import torch_load
+    from convnext_backbone.checkpoint import read_checkpoint
     config, work_dir, _ = trained
     cfg = cli.load_config(config, {'model.roi_head.bbox_head.num_classes': 3,
                                    'model.roi_head.mask_head.num_classes': 3},
@@ -274,7 +274,7 @@ def test_own_checkpoint_fine_tunes_a_detector_with_other_classes_through_load_fr
     cfg.load_from = str(_own_checkpoint(trained))
     runner = cli.build_runner(cfg)
     runner.load_or_resume()
-    saved = torch_load(cfg.load_from)['state_dict']
+    saved = read_checkpoint(cfg.load_from)['state_dict']
     state = runner.model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in saved.items() if k.startswith('backbone.'))
     assert torch.equal(state['neck.fpn_convs.0.conv.weight'], saved['neck.fpn_convs.0.conv.weight'])
@@ -304,9 +304,9 @@ def test_own_checkpoint_runs_through_infer(trained, tiny_coco, tmp_path):
 @pytest.fixture(scope='module')
 def poisoned(trained, tmp_path_factory):
     """Our own checkpoint with a code-running object in its meta; returns (file, marker)."""
-    from convnext_backbone.checkpoint import torch_load
+    from convnext_backbone.checkpoint import read_checkpoint
     folder = tmp_path_factory.mktemp('poisoned')
-    ckpt = torch_load(str(_own_checkpoint(trained)))
+    ckpt = read_checkpoint(str(_own_checkpoint(trained)))
     marker = folder / 'code-ran'
     ckpt['meta']['note'] = RunsCode(marker)
     torch.save(ckpt, folder / 'poisoned.pth')

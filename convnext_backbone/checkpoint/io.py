@@ -1,137 +1,26 @@
-"""Reading checkpoint files: the one allowlist, the one reader and the one error explainer.
+"""Reading checkpoints: the one entry point and the one error explainer.
 
 Every checkpoint this package reads (``init_cfg`` Pretrained, ``load_from`` and resume in the
-runner, the test, infer and convert tools) goes through :func:`read_checkpoint`. It unpickles
-with :func:`convnext_backbone.compat.weights_only_load`: torch's ``weights_only`` loader from
-torch 2.6, a restricted unpickler with the same allowlist on older torch. Tensors, containers and
-plain values, plus the few types of :func:`safe_globals`, which mmengine, mmdet 2.x and the
-official release put beside the weights. Nothing else is ever unpickled, so a checkpoint cannot
-run code, on any supported torch.
-
-``HistoryBuffer`` (mmengine's message hub) pickles its statistics methods as
-``getattr(HistoryBuffer, 'min')``. Allowing ``getattr`` itself would allow anything, so the name
-``builtins.getattr`` is bound to :func:`_history_buffer_statistic`, which returns only those
-four methods and refuses every other attribute.
+runner, the test, infer and convert tools) goes through :func:`read_checkpoint`: a local file, a
+URL or a model-zoo name in, what it holds out, or one :class:`CheckpointError` line naming the
+file. It unpickles with :func:`.unpickler.load_allowlisted` (tensors, plain values and a short
+allowlist, nothing that could run code, on every supported torch).
 """
-import argparse
-import collections
-import contextlib
-import functools
 import io
 import os
 import pickle
 import re
 import zipfile
-from typing import Any, BinaryIO, Iterator, List, Union
-
-import torch
+from typing import Any
 
 from .. import compat
+from ..errors import UserError
 from . import zoo
-
-_HISTORY_BUFFER_STATISTICS = ('min', 'max', 'mean', 'current')
-_NUMPY_DTYPES = ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32',
-                 'uint64', 'float16', 'float32', 'float64', 'str', 'bytes')
+from .unpickler import load_allowlisted
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read, is refused, or does not fit the model."""
-
-
-def _history_buffer_statistic(obj: Any, name: str) -> Any:
-    """What ``builtins.getattr`` means while unpickling: only ``getattr(HistoryBuffer, 'min' |
-    'max' | 'mean' | 'current')``, as ``HistoryBuffer.__getstate__`` pickles them.
-
-    Raises:
-        pickle.UnpicklingError: For any other object or attribute.
-    """
-    from mmengine.logging import HistoryBuffer
-    if obj is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
-        return getattr(HistoryBuffer, name)
-    raise pickle.UnpicklingError(
-        f'refusing getattr({getattr(obj, "__name__", type(obj).__name__)}, {name!r}) while '
-        "loading a checkpoint: only the statistics methods of mmengine's HistoryBuffer are allowed")
-
-
-@functools.lru_cache(maxsize=None)
-def safe_globals() -> tuple:
-    """The types that checkpoints may hold beside tensors and plain values.
-
-    Returns:
-        tuple: ``argparse.Namespace`` (official release args), ``collections.Counter`` and
-        ``OrderedDict`` (``MultiStepLR`` milestones, state dicts), ``set``, numpy arrays,
-        scalars and dtypes (mmengine and mmdet 2.x meta, the message hub), mmengine's
-        ``HistoryBuffer``, and the restricted ``getattr`` stand-in described above; the
-        numpy reconstructors under the names of numpy 1 and numpy 2.
-    """
-    import numpy as np
-    from mmengine.logging import HistoryBuffer
-    # numpy 2: numpy._core (numpy.core warns); numpy 1.26 has a partial numpy._core stub
-    numpy2 = int(np.__version__.split('.')[0]) >= 2
-    multiarray = np._core.multiarray if numpy2 else np.core.multiarray
-    found: List[Any] = [argparse.Namespace, collections.Counter, collections.OrderedDict, set,
-                        np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar,
-                        HistoryBuffer]
-    # numpy 2 writes numpy._core.multiarray, numpy 1 numpy.core.multiarray: either reads on both
-    found += [(getattr(multiarray, name), f'numpy.{core}.multiarray.{name}')
-              for name in ('_reconstruct', 'scalar') for core in ('core', '_core')]
-    found += [type(np.dtype(name)) for name in _NUMPY_DTYPES]
-    found.append((_history_buffer_statistic, 'builtins.getattr'))
-    unique: List[Any] = []
-    for item in found:
-        if item not in unique:
-            unique.append(item)
-    return tuple(unique)
-
-
-@contextlib.contextmanager
-def allowlisted_globals() -> Iterator[None]:
-    """Context in which ``torch.load(..., weights_only=True)`` (ours or mmengine's) admits
-    :func:`safe_globals`; torch >= 2.6 only (older torch cannot extend its allowlist: read with
-    :func:`load_allowlisted` there).
-
-    Only the globals not already allowed are added, so leaving the context never removes one
-    that the user added with ``torch.serialization.add_safe_globals``.
-
-    Raises:
-        RuntimeError: On torch < 2.6, in one line.
-
-    Example:
-        >>> with allowlisted_globals():
-        ...     ckpt = torch.load('work_dirs/x/iter_100.pth', map_location='cpu')
-    """
-    compat.require_torch('2.6', 'torch.load(weights_only=True) admitting an allowlist')
-    present = {_global_key(g) for g in torch.serialization.get_safe_globals()}
-    new = [g for g in safe_globals() if _global_key(g) not in present]
-    with torch.serialization.safe_globals(new):
-        yield
-
-
-def _global_key(item: Any) -> Any:
-    return item[1] if isinstance(item, tuple) else item
-
-
-def load_allowlisted(file: Union[str, os.PathLike, BinaryIO]) -> Any:
-    """Read a ``torch.save`` file on the CPU admitting :func:`safe_globals` and nothing more, on
-    every supported torch (:func:`convnext_backbone.compat.weights_only_load`).
-
-    Raises:
-        pickle.UnpicklingError: The file names a global outside the allowlist; torch's other
-            reading errors as they are.
-    """
-    return compat.weights_only_load(file, safe_globals(), map_location='cpu')
-
-
-def torch_load(path: str) -> Any:
-    """:func:`load_allowlisted` with every error turned into one line.
-
-    Raises:
-        CheckpointError: One line naming the file and the cause (see :func:`explain_read_error`).
-    """
-    try:
-        return load_allowlisted(path)
-    except Exception as err:  # noqa: BLE001 - every reading error becomes one clear line
-        raise explain_read_error(path, err) from None
 
 
 def read_checkpoint(path: str) -> Any:
@@ -146,7 +35,7 @@ def read_checkpoint(path: str) -> Any:
     fork falls back to full unpickling), on every supported torch and either stack.
 
     Args:
-        path (str): Local path or URL.
+        path (str): Local path, URL or model-zoo name.
 
     Returns:
         Any: What the file holds (usually a dict).
@@ -163,21 +52,21 @@ def read_checkpoint(path: str) -> Any:
         return zoo.mmcls_backbone(checkpoint) if path.startswith('mmcls://') else checkpoint
     if re.match(r'^https?://', path):
         path = _download(path)
-    elif '://' in path:
-        from mmengine.fileio import get
-        try:
-            return load_allowlisted(io.BytesIO(get(path)))
-        except Exception as err:  # noqa: BLE001 - every reading error becomes one clear line
-            raise explain_read_error(path, err) from None
-    if not os.path.isfile(path):
+    elif '://' not in path and not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}')
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        try:
-            return load_file(path, device='cpu')
-        except Exception as err:  # noqa: BLE001
-            raise explain_read_error(path, err) from None
-    return torch_load(path)
+    if '://' in path:  # s3:// ... (any scheme of mmengine's file back ends)
+        from mmengine.fileio import get
+
+        def read(path: str) -> Any:
+            return load_allowlisted(io.BytesIO(get(path)))
+    elif path.endswith('.safetensors'):
+        from safetensors.torch import load_file as read
+    else:
+        read = load_allowlisted
+    try:
+        return read(path)
+    except Exception as err:  # noqa: BLE001 - every reading error becomes one clear line
+        raise explain_read_error(path, err) from None
 
 
 def _download(url: str) -> str:

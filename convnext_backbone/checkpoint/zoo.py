@@ -6,7 +6,7 @@ mmengine reads these names with its ``CheckpointLoader`` (``mmengine/runner/chec
 0.10.7 (so without restriction below torch 2.6), and on the OneDL fork (``_safe_torch_load``)
 with ``weights_only=True`` first and then, with only a warning, full unpickling. So we resolve a
 name to its URL (or local file) here, with mmengine's own tables, and read that file with our
-allowlisting reader (:func:`convnext_backbone.checkpoint.io.read_checkpoint`): a name never
+allowlisting reader (:func:`convnext_backbone.checkpoint.read_checkpoint`): a name never
 reaches mmengine's loader.
 
 ``torchvision://convnext_tiny`` (also ``.default``, ``.imagenet1k_v1`` and torchvision's enum
@@ -18,6 +18,8 @@ import os
 import re
 from collections import OrderedDict
 from typing import Any, Dict
+
+from ..errors import UserError
 
 __all__ = ['TORCHVISION_CONVNEXT', 'ZOO_SCHEMES', 'ZooError', 'is_zoo_name', 'mmcls_backbone',
            'resolve']
@@ -36,7 +38,7 @@ ZOO_SCHEMES = ('torchvision://', 'modelzoo://', 'open-mmlab://', 'openmmlab://',
                'pavi://')
 
 
-class ZooError(ValueError):
+class ZooError(UserError, ValueError):
     """A model-zoo name that no table knows, or a scheme we do not read."""
 
 
