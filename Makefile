@@ -20,14 +20,18 @@ ONEDL_CORE_TESTS := tests/test_stacks.py tests/test_zoo.py tests/test_torchvisio
 	tests/test_backbone.py tests/test_layer_decay.py::test_bad_paramwise_cfg_is_refused_with_what_is_allowed
 CORE_TESTS := tests/test_backbone.py tests/test_compat.py tests/test_fast_paths.py \
 	tests/test_module_contract.py tests/test_checkpoint.py tests/test_checkpoint_families.py \
-	tests/test_errors.py tests/test_resume.py tests/test_perf_choice.py \
+	tests/test_backbone_arguments.py tests/test_checkpoint_errors.py tests/test_finite_loss.py \
+	tests/test_cli_errors.py tests/test_datasets.py tests/test_infer.py \
+	tests/test_resume.py tests/test_perf_choice.py \
 	tests/test_perf_compile_hook.py tests/test_structure.py \
 	tests/test_layer_decay.py::test_bad_paramwise_cfg_is_refused_with_what_is_allowed \
-	tests/test_layer_decay.py::test_model_without_backbone_is_refused
+	tests/test_layer_decay.py::test_model_without_backbone_is_refused \
+	tests/test_layer_decay.py::test_num_layers_that_does_not_fit_the_backbone_is_named \
+	tests/test_layer_decay.py::test_unknown_decay_type_lists_the_known_ones
 # (their other tests build mmdet/mmseg models, import every module (mmdet's users among them) or
 # run mmcv's ops)
 CORE_DESELECT := \
-	--deselect tests/test_errors.py::test_train_py_names_a_missing_dataset_folder_before_training \
+	--deselect tests/test_cli_errors.py::test_train_py_names_a_missing_dataset_folder_before_training \
 	--deselect tests/test_structure.py::test_a_fresh_interpreter_imports_every_module \
 	--deselect tests/test_backbone.py::test_outputs_are_contiguous_nchw_as_mmcv_ops_expect
 

@@ -5,11 +5,13 @@ import functools
 import importlib
 import logging
 import os
+import re
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL, one_line
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
@@ -17,7 +19,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
-from convnext_backbone import ARCH_SETTINGS
+from convnext_backbone import ARCH_SETTINGS, ConvNeXt
 from convnext_backbone.convnext import GRN
 from convnext_backbone.layer_decay import LayerDecayOptimizerConstructor
 
@@ -288,6 +290,44 @@ def test_backbone_without_get_layer_id_is_refused_by_class_name():
 def test_model_without_backbone_is_refused():
     with pytest.raises(ValueError, match='Linear has none'):
         build_groups(torch.nn.Linear(2, 2), decay_rate=0.9, num_layers=6)
+
+
+class Detector(torch.nn.Module):
+    """A ConvNeXt backbone and a head: what the constructor reads, without mmdet."""
+
+    def __init__(self, arch):
+        super().__init__()
+        self.backbone = ConvNeXt(arch=arch)
+        self.head = torch.nn.Linear(4, 2)
+
+
+def _build_optimizer(paramwise_cfg, arch=None):
+    arch = arch or dict(depths=(1, 1, 9, 1), dims=(8, 16, 32, 64))
+    constructor = LayerDecayOptimizerConstructor(
+        dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05)),
+        paramwise_cfg)
+    return constructor(Detector(arch))
+
+
+@pytest.mark.parametrize('num_layers, decay_type, least', [
+    (4, 'layer_wise', 6),   # 9 blocks in stage 2 need 4 + (9 - 1) // 3 = 6
+    (2, 'stage_wise', 3),
+])
+def test_num_layers_that_does_not_fit_the_backbone_is_named(num_layers, decay_type, least):
+    with pytest.raises(ValueError) as err:
+        _build_optimizer(dict(num_layers=num_layers, decay_rate=0.9, decay_type=decay_type))
+    message = one_line(str(err.value))
+    assert message.startswith(f'num_layers={num_layers} does not fit backbone ConvNeXt with '
+                              'depths (1, 1, 9, 1)')
+    assert f'need num_layers >= {least}' in message
+
+
+def test_unknown_decay_type_lists_the_known_ones():
+    with pytest.raises(ValueError, match=re.escape(
+            "unknown decay_type 'block_wise'; use one of 'layer_wise', 'stage_wise'")):
+        _build_optimizer(dict(num_layers=6, decay_rate=0.9, decay_type='block_wise'))
+    with pytest.raises(ValueError, match="unknown decay_type 'block_wise'"):
+        ConvNeXt(arch=SMALL).get_layer_id('stages.0.0.dwconv.weight', 6, 'block_wise')
 
 
 # -- frozen parameters and mmengine's options on top --------------------------------------------

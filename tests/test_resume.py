@@ -2,6 +2,7 @@
 and load under torch's weights_only loading (convnext_backbone.engine)."""
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -10,13 +11,14 @@ import time
 
 import pytest
 import torch
+from helpers import one_line, toy_regression_runner, truncate
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel
 from torch import nn
 from torch.utils.data import Dataset
 
-from convnext_backbone import compat
+from convnext_backbone import CheckpointError, compat
 from convnext_backbone.checkpoint import (
     allowlisted_globals,
     is_complete_checkpoint,
@@ -260,6 +262,25 @@ def test_resume_picks_newest_complete_checkpoint_without_a_usable_pointer(tmp_pa
 
 def test_resume_without_any_checkpoint_returns_none(tmp_path):
     assert find_resumable_checkpoint(str(tmp_path)) is None
+
+
+# -- resuming from a checkpoint that cannot be read ------------------------------------------------
+def test_resume_from_truncated_checkpoint_names_the_file(tmp_path):
+    toy_regression_runner(tmp_path / 'a', train_cfg=dict(by_epoch=False, max_iters=2)).train()
+    path = truncate(tmp_path / 'a' / 'iter_2.pth')
+    runner = toy_regression_runner(tmp_path / 'b', load_from=str(path), resume=True)
+    with pytest.raises(CheckpointError) as err:
+        runner.train()
+    assert str(err.value).startswith(f'cannot read checkpoint {path} (')
+    assert 'the file is truncated, corrupt or not a PyTorch checkpoint' in str(err.value)
+    one_line(str(err.value))
+
+
+def test_resume_from_missing_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / 'gone.pth'
+    runner = toy_regression_runner(tmp_path / 'b', load_from=str(path), resume=True)
+    with pytest.raises(CheckpointError, match=f'^checkpoint not found: {re.escape(str(path))}$'):
+        runner.train()
 
 
 # -- tools/train.py killed mid-epoch on the demo data ----------------------------------------------
