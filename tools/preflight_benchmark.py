@@ -132,13 +132,12 @@ import resource
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kB -> GiB
 result = dict(seconds=seconds, cpu=cpu, peak_gib=peak, images=len(built.dataset))
 if variant == 'ours':  # the two parts of the image check, timed apart after the build
-    from convnext_backbone.engine import preflight
+    from convnext_backbone.engine.preflight import images, walk
     start = time.process_time()
-    infos = preflight._all_infos(built.dataset)
+    infos = walk.all_infos(built.dataset)
     result['infos_cpu'] = time.process_time() - start
     start = time.process_time()
-    preflight._check_files([i['img_path'] for i in infos], 'train', 'listed', root, 'prefix',
-                           False)
+    images.check_files([i['img_path'] for i in infos], 'train', 'listed', root, 'prefix', False)
     result['files_cpu'] = time.process_time() - start
 print(json.dumps(result))
 '''
