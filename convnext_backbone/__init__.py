@@ -9,9 +9,9 @@ STACK = check_stack()
 
 from .archs import ARCH_SETTINGS  # noqa: E402
 from .checkpoint import CheckpointError, convert_state_dict, load_pretrained  # noqa: E402
+from .config import enable_config_prefix  # noqa: E402
 from .convnext import ConvNeXt  # noqa: E402
 from .layer_decay import LayerDecayOptimizerConstructor  # noqa: E402
-from .mim import enable_config_prefix  # noqa: E402
 
 # mmengine 0.10.7 resolves 'mmdet::' / 'mmseg::' config paths through pkg_resources, which warns at
 # every such lookup with setuptools 80; nothing a user of ours can act on.

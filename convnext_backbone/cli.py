@@ -3,9 +3,10 @@
 ``tools/train.py``, ``tools/test.py`` and the other tools import this module; they never import
 each other.
 
-Errors a user can act on (a bad checkpoint, dataset, model config or work dir, a non-finite
-loss) end a tool with one line; ``--debug`` or ``CONVNEXT_DEBUG=1`` shows the full traceback
-instead.
+Errors a user can act on (:class:`convnext_backbone.errors.UserError`: a bad checkpoint,
+dataset, config, model config or work dir, a non-finite loss) end a tool with one line
+(:func:`convnext_backbone.errors.fail`); ``--debug`` or ``CONVNEXT_DEBUG=1`` shows the full
+traceback instead.
 """
 import argparse
 import contextlib
@@ -14,11 +15,14 @@ import os
 import os.path as osp
 import sys
 import tempfile
-from typing import Iterator, List, NoReturn, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
+
+from . import config
+from .errors import DEBUG_ENV, UserError, debug_enabled, fail, one_line
 
 SCOPES = ('mmdet', 'mmseg')
 #: The runner of every config that names no ``runner_type``.
@@ -29,15 +33,7 @@ _AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
 #: sysexits.h ("try again later"). ``tools/slurm_train.sh`` requeues on it and
 #: ``tools/dist_launch.sh`` returns it; both spell it out, as shell cannot import it.
 EXIT_STOPPED = 75
-#: Set (to anything but '' or '0') for full tracebacks instead of one-line errors.
-DEBUG_ENV = 'CONVNEXT_DEBUG'
 _BACKBONE_TYPE = 'convnext_backbone.ConvNeXt'
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Exit with ``<tool>: error: <message>`` on stderr, one line, no traceback."""
-    sys.stderr.write(f'{osp.basename(sys.argv[0])}: error: {message}\n')
-    sys.exit(code)
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -54,11 +50,6 @@ def add_debug_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--debug', action='store_true',
                         help=f'show the full traceback of an error instead of one line (same as '
                         f'{DEBUG_ENV}=1)')
-
-
-def debug_enabled() -> bool:
-    """Whether ``--debug`` was given or ``CONVNEXT_DEBUG`` is set."""
-    return os.environ.get(DEBUG_ENV, '') not in ('', '0')
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -89,22 +80,10 @@ def parse_args(parser: argparse.ArgumentParser,
 
 
 def read_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """Read a config and apply ``--cfg-options``; a missing file (the config or one of its
-    bases) ends the tool in one line. ``_base_ = 'convnext_backbone::<recipe>'`` reads the
-    package's recipes (:func:`convnext_backbone.mim.enable_config_prefix`)."""
-    if not osp.isfile(path):
-        fail(f'config file not found: {path}')
-    from .mim import enable_config_prefix
-    enable_config_prefix()
-    try:
-        cfg = Config.fromfile(path)
-    except FileNotFoundError as err:  # a _base_ that is not there
-        if debug_enabled():
-            raise
-        fail(f'{path}: {err}')
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
+    """:func:`convnext_backbone.config.read_config` for a tool: a missing file (the config or
+    one of its bases) ends the tool in one line (exit status 2)."""
+    with one_line(code=2):
+        return config.read_config(path, cfg_options)
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None, launcher: str = 'none',
@@ -221,25 +200,14 @@ def writable_dir(path: str, option: str = '--work-dir') -> str:
     return path
 
 
-def user_errors() -> tuple:
-    """Errors whose message tells the whole story: a bad checkpoint, dataset or model config,
-    a non-finite loss, bf16 asked for where it is not native."""
-    from .checkpoint import CheckpointError
-    from .engine.hooks import NonFiniteLossError
-    from .engine.preflight import DatasetError
-    from .engine.runner import ModelBuildError
-    from .precision import BF16Error
-    return CheckpointError, DatasetError, NonFiniteLossError, ModelBuildError, BF16Error
-
-
 @contextlib.contextmanager
 def building_model() -> Iterator[None]:
-    """Turn any error raised inside (other than :func:`user_errors`) into a one-line
+    """Turn any error raised inside (other than a ``UserError``) into a one-line
     ``ModelBuildError``, for tools that build a model outside the runner (``tools/infer.py``)."""
     from .engine.runner import explain_model_error
     try:
         yield
-    except user_errors():
+    except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - a config mistake becomes one line
         if debug_enabled():
@@ -249,17 +217,14 @@ def building_model() -> Iterator[None]:
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn :func:`user_errors` raised inside into ``fail(message, code=1)`` (re-raised with
-    ``--debug``), and a stop on a signal (``TrainingStopped``, its checkpoint written) into exit
-    status :data:`EXIT_STOPPED`."""
+    """Turn a ``UserError`` raised inside into ``fail(message, code=1)`` (re-raised with
+    ``--debug``: :func:`convnext_backbone.errors.one_line`), and a stop on a signal
+    (``TrainingStopped``, its checkpoint written) into exit status :data:`EXIT_STOPPED`."""
     from .engine.dist import close_process_group
     from .engine.preemption import TrainingStopped
     try:
-        yield
-    except user_errors() as err:
-        if debug_enabled():
-            raise
-        fail(str(err), code=1)
+        with one_line(code=1):
+            yield
     except TrainingStopped:  # every rank stops at the same iteration
         close_process_group()
         sys.exit(EXIT_STOPPED)

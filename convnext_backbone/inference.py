@@ -21,6 +21,7 @@ import torch
 from mmengine.config import Config
 
 from .checkpoint import load_state_strictly, read_checkpoint, unwrap_state_dict
+from .config import read_config
 
 TASKS = {'mmdet': 'detection', 'mmseg': 'segmentation'}
 
@@ -62,10 +63,11 @@ def build_inferencer(config: str, checkpoint: str, device: str = 'cpu') -> Tuple
         tuple: (``DetInferencer`` or ``MMSegInferencer``, scope 'mmdet' or 'mmseg').
 
     Raises:
+        ConfigError: The config, or one of its bases, is not there.
         ValueError: The config's ``default_scope`` is neither.
         CheckpointError: The checkpoint is unreadable, refused or does not fit the model.
     """
-    cfg = Config.fromfile(config)
+    cfg = read_config(config)
     scope = cfg.get('default_scope')
     if scope not in TASKS:
         raise ValueError(f"{config} has default_scope={scope!r}; inference handles 'mmdet' "

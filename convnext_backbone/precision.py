@@ -31,6 +31,7 @@ from mmengine.model import is_model_wrapper
 from torch import nn
 
 from . import compat, machine
+from .errors import UserError
 from .registry import HOOKS
 
 __all__ = ['OUTPUT_LAYERS', 'BF16Error', 'Float32', 'check_bf16', 'prepare_bf16',
@@ -44,7 +45,7 @@ OUTPUT_LAYERS = ('rpn_cls', 'rpn_reg', 'fc_cls', 'fc_reg', 'conv_logits', 'retin
                  'retina_reg', 'conv_cls', 'conv_reg', 'conv_centerness', 'conv_seg')
 
 
-class BF16Error(RuntimeError):
+class BF16Error(UserError, RuntimeError):
     """bf16 inference was asked for where it cannot run well."""
 
 

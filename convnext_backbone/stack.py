@@ -15,6 +15,11 @@ OneDL's ``pyproject.toml`` / ``PKG-INFO`` (``onedl-mmengine``, ``onedl-mmcv``,
 from importlib import metadata
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
+if __package__:
+    from .errors import UserError
+else:  # run as a script by tools/install.sh (see the end): its own folder is on sys.path
+    from errors import UserError
+
 __all__ = ['ONEDL', 'STACKS', 'UPSTREAM', 'StackError', 'check_stack', 'installed', 'stack_of']
 
 UPSTREAM = 'openmmlab'
@@ -30,7 +35,7 @@ STACKS: Dict[str, Tuple[str, ...]] = {
 _EXTRA = {UPSTREAM: 'convnext-backbone[openmmlab]', ONEDL: 'convnext-backbone[onedl]'}
 
 
-class StackError(ImportError):
+class StackError(UserError, ImportError):
     """The environment holds no OpenMMLab stack, or distributions of both."""
 
 

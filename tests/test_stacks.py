@@ -179,7 +179,7 @@ def test_mmseg_bases_are_found_by_module_where_mmengine_looks_for_another_distri
     import mmseg
     from mmengine.config import Config
 
-    from convnext_backbone.mim import package_config
+    from convnext_backbone.config import package_config
     path, scope = package_config('mmseg::_base_/models/upernet_r50.py')
     assert scope == 'mmseg'
     assert path == os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'configs', '_base_',

@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from convnext_backbone import errors
 from convnext_backbone.checkpoint import CheckpointError, convert_state_dict, read_checkpoint
 
 
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
         converted = convert_state_dict(read_checkpoint(args.src))
     except CheckpointError as err:
         message = str(err) if args.src in str(err) else f'{args.src}: {err}'
-        print(f'error: {message}', file=sys.stderr)
+        errors.report(message)
         return 1
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     torch.save({'state_dict': converted.state_dict}, args.dst)

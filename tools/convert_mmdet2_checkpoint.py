@@ -38,7 +38,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from convnext_backbone import cli
+from convnext_backbone import cli, errors
 from convnext_backbone.checkpoint import (
     CheckpointError,
     check_fit,
@@ -112,12 +112,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         state, meta, layout = convert(read_checkpoint(args.src))
     except CheckpointError as err:
         message = str(err) if args.src in str(err) else f'{args.src}: {err}'
-        print(f'error: {message}', file=sys.stderr)
+        errors.report(message)
         return 1
     fit, _, _ = check_fit(cli.build_model(cli.read_config(args.config)).state_dict(), state)
     if not fit:
-        print(f'error: {args.src} does not fit the model of {args.config}: {fit.describe()}',
-              file=sys.stderr)
+        errors.report(f'{args.src} does not fit the model of {args.config}: {fit.describe()}')
         return 1
     meta['converted_from'] = args.src
     os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)

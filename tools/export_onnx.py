@@ -23,7 +23,7 @@ import argparse
 
 from mmengine.logging import print_log
 
-from convnext_backbone import cli
+from convnext_backbone import cli, errors
 from convnext_backbone.checkpoint import (
     load_pretrained,
     load_state_strictly,
@@ -55,8 +55,8 @@ def main() -> None:
     args = parse_args()
     cfg = cli.read_config(args.config, args.cfg_options)
     if cfg.get('default_scope') not in cli.SCOPES:
-        cli.fail(f'{args.config}: default_scope is {cfg.get("default_scope")!r}; this tool '
-                 f'exports mmdet and mmseg configs (default_scope one of {cli.SCOPES})')
+        errors.fail(f'{args.config}: default_scope is {cfg.get("default_scope")!r}; this tool '
+                    f'exports mmdet and mmseg configs (default_scope one of {cli.SCOPES})')
     checkpoint = cli.existing_checkpoint(args.checkpoint)
     with cli.one_line_errors():
         model = cli.build_model(cfg)
@@ -70,7 +70,7 @@ def main() -> None:
         onnx_model = export_onnx(graph, args.out, args.shape, args.opset,
                                  metadata=dict(config=args.config, checkpoint=checkpoint))
     except ValueError as err:
-        cli.fail(str(err), code=1)
+        errors.fail(str(err), code=1)
 
     def describe(values) -> str:
         return ', '.join(f'{v.name} ({", ".join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)})'  # noqa: E501

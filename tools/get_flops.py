@@ -38,7 +38,7 @@ from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.config import Config
 from torch import nn
 
-from convnext_backbone import cli
+from convnext_backbone import cli, errors
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 2048)}
 NUM_PROPOSALS = 1000  # box heads run on this many proposals (mmdet 2.x forward_dummy)
@@ -50,7 +50,7 @@ EXPECTED_UNCOUNTED = ('prim::PythonOp.RoIAlignFunction',)
 _PRODUCT_OP = re.compile(r'mkldnn|linear|conv|matmul|::mm$|addmm|bmm|einsum|^prim::PythonOp')
 
 
-class UncountedOpsError(RuntimeError):
+class UncountedOpsError(errors.UserError, RuntimeError):
     """The traced forward holds product ops the FLOP counter has no rule for."""
 
 
@@ -208,15 +208,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     cfg = cli.read_config(args.config, args.cfg_options)
     scope = cfg.get('default_scope')
     if scope not in DEFAULT_SHAPES:
-        cli.fail(f'default_scope {scope!r} of {args.config} is not one of '
-                 f'{tuple(DEFAULT_SHAPES)}')
+        errors.fail(f'default_scope {scope!r} of {args.config} is not one of '
+                    f'{tuple(DEFAULT_SHAPES)}')
     shape = tuple(args.shape) if args.shape else DEFAULT_SHAPES[scope]
     if min(shape) < 32:
-        cli.fail(f'--shape {shape[0]} {shape[1]} is too small (at least 32 x 32)')
+        errors.fail(f'--shape {shape[0]} {shape[1]} is too small (at least 32 x 32)')
     try:
         result = count(cfg, shape)
     except UncountedOpsError as err:
-        cli.fail(f'{args.config}: {err}', code=1)
+        errors.fail(f'{args.config}: {err}', code=1)
     print(f'Input: 1x3x{shape[0]}x{shape[1]} (H x W)')
     print(f'Forward: {result["how"]}')
     uncounted = sorted(result['uncounted'].items())

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from convnext_backbone import cli, precision
+from convnext_backbone import cli, errors, precision
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -84,8 +84,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     cfg = cli.read_config(args.config)
     scope = cfg.get('default_scope')
     if scope not in TASKS:
-        cli.fail(f"{args.config} has default_scope={scope!r}; infer.py handles 'mmdet' "
-                 "(detection) and 'mmseg' (segmentation) configs")
+        errors.fail(f"{args.config} has default_scope={scope!r}; infer.py handles 'mmdet' "
+                    "(detection) and 'mmseg' (segmentation) configs")
     checkpoint = cli.existing_checkpoint(args.checkpoint)
     images = cli.image_files(args.images, IMAGE_EXTENSIONS)
     cli.writable_dir(osp.join(args.out, 'vis'), option='--out')
@@ -144,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     print(f'{TASKS[scope]}: {len(entries)} image(s) -> {args.out}/vis, '
           f'{osp.join(args.out, "predictions.json")}')
     if not entries:
-        cli.fail('no image could be read', code=1)
+        errors.fail('no image could be read', code=1)
     return entries
 
 

@@ -15,6 +15,8 @@ import os.path as osp
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from convnext_backbone import errors
+
 # The metrics plotted: mmdet's COCO mAPs, mmseg's mIoU, any other '*mAP'.
 _METRIC = re.compile(r'(^|/)(bbox_mAP|segm_mAP|mAP|mIoU)$')
 
@@ -25,18 +27,19 @@ def find_runs(work_dir: str) -> List[str]:
     """``scalars.json`` files of the runs in ``work_dir``, oldest first.
 
     Raises:
-        SystemExit: When ``work_dir`` is missing or has no ``*/vis_data/scalars.json``.
+        ToolExit: When ``work_dir`` is missing or has no ``*/vis_data/scalars.json`` (one line,
+            exit status 1).
     """
     if not osp.isdir(work_dir):
-        raise SystemExit(f'error: work dir not found: {work_dir}')
+        errors.fail(f'work dir not found: {work_dir}', code=1)
     runs = []
     for name in sorted(os.listdir(work_dir)):
         path = osp.join(work_dir, name, 'vis_data', 'scalars.json')
         if osp.isfile(path) and osp.getsize(path) > 0:
             runs.append(path)
     if not runs:
-        raise SystemExit(f'error: no */vis_data/scalars.json in {work_dir}: has training logged '
-                         'anything yet? (mmengine writes it every log_interval iterations)')
+        errors.fail(f'no */vis_data/scalars.json in {work_dir}: has training logged anything '
+                    'yet? (mmengine writes it every log_interval iterations)', code=1)
     return runs
 
 
@@ -153,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     train, val, used = load_history(args.work_dir)
     if not train and not val:
-        raise SystemExit(f'error: {used[-1]} holds no scalars yet')
+        errors.fail(f'{used[-1]} holds no scalars yet', code=1)
     out = args.out or osp.join(args.work_dir, 'curves.png')
     metrics = plot(train, val, out, title=osp.basename(osp.normpath(args.work_dir)))
     last = train[-1] if train else {}

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convnext_backbone import ConvNeXt
+from convnext_backbone import ConvNeXt, cli, errors
 
 SHAPES = ('circle', 'triangle', 'square', 'star')
 STUFF = ('sky', 'grass', 'water', 'sand')
@@ -209,8 +209,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def _read_arch(config: str) -> dict:
-    from mmengine.config import Config
-    cfg = Config.fromfile(config)
+    cfg = cli.read_config(config)
     arch = cfg.model.backbone.arch
     return arch.to_dict() if hasattr(arch, 'to_dict') else arch
 
@@ -241,9 +240,9 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     """Run the pretraining; returns the held-out crop accuracy."""
     args = parse_args(argv)
     if (args.config is None) == (args.arch is None):
-        raise SystemExit('give exactly one of --config and --arch')
+        errors.fail('give exactly one of --config and --arch')
     if args.crop < 32:
-        raise SystemExit(f'--crop {args.crop} is too small: ConvNeXt needs >= 32 px')
+        errors.fail(f'--crop {args.crop} is too small: ConvNeXt needs >= 32 px')
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     arch = _read_arch(args.config) if args.config else json.loads(args.arch)

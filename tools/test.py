@@ -20,7 +20,7 @@ from mmengine.config import ConfigDict
 from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 
-from convnext_backbone import cli, precision
+from convnext_backbone import cli, errors, precision
 from convnext_backbone.engine.dist import close_process_group
 
 # mmdet's default flip TTA, as mmdet's tools/test.py builds it for configs without tta_model.
@@ -62,8 +62,8 @@ def parse_args() -> argparse.Namespace:
 def enable_visualization(cfg, show_dir: str) -> None:
     """Turn on the config's visualization hook, saving into ``show_dir`` (made absolute)."""
     if 'visualization' not in (cfg.get('default_hooks') or {}):
-        cli.fail("--show-dir needs default_hooks.visualization in the config (mmdet's "
-                 "DetVisualizationHook or mmseg's SegVisualizationHook)")
+        errors.fail("--show-dir needs default_hooks.visualization in the config (mmdet's "
+                    "DetVisualizationHook or mmseg's SegVisualizationHook)")
     show_dir = osp.abspath(show_dir)
     if cfg.default_scope == 'mmdet':
         from mmdet.engine.hooks.utils import trigger_visualization_hook
@@ -82,15 +82,15 @@ def enable_tta(cfg) -> None:
     """
     has_model, has_pipeline = 'tta_model' in cfg, 'tta_pipeline' in cfg
     if cfg.default_scope == 'mmseg' and not (has_model and has_pipeline):
-        cli.fail("--tta needs tta_model and tta_pipeline in the config (e.g. "
-                 "tta_model=dict(type='SegTTAModel') and a TestTimeAug pipeline)")
+        errors.fail("--tta needs tta_model and tta_pipeline in the config (e.g. "
+                    "tta_model=dict(type='SegTTAModel') and a TestTimeAug pipeline)")
     if cfg.default_scope == 'mmdet':
         roi_head = cfg.model.get('roi_head') or {}
         if not has_model and (roi_head.get('mask_head') is not None
                               or cfg.model.get('mask_head') is not None):
-            cli.fail("--tta: this model predicts masks, which mmdet 3.3's DetTTAModel cannot "
-                     'merge; define a tta_model that supports masks in the config or test '
-                     'without --tta')
+            errors.fail("--tta: this model predicts masks, which mmdet 3.3's DetTTAModel cannot "
+                        'merge; define a tta_model that supports masks in the config or test '
+                        'without --tta')
         if not has_model:
             cfg.tta_model = DET_TTA_MODEL
         if not has_pipeline:
@@ -122,7 +122,7 @@ def main() -> None:
         cfg.test_evaluator['output_dir'] = args.out
     if args.out is not None and cfg.default_scope == 'mmdet' \
             and not args.out.endswith(('.pkl', '.pickle')):
-        cli.fail(f'--out {args.out}: mmdet predictions are dumped to a .pkl file')
+        errors.fail(f'--out {args.out}: mmdet predictions are dumped to a .pkl file')
 
     with cli.one_line_errors():
         if args.bf16:

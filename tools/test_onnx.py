@@ -17,7 +17,7 @@ import os.path as osp
 from mmengine.fileio import dump
 from mmengine.logging import print_log
 
-from convnext_backbone import cli
+from convnext_backbone import cli, errors
 from convnext_backbone.deploy.runtime import runtime_model
 
 
@@ -41,11 +41,11 @@ def main() -> None:
     if args.work_dir is None:
         cfg.work_dir = osp.join(cfg.work_dir, 'onnxruntime')
     if not osp.isfile(args.onnx):
-        cli.fail(f'ONNX file not found: {args.onnx}')
+        errors.fail(f'ONNX file not found: {args.onnx}')
     try:
         cfg.model = runtime_model(cfg, args.onnx, args.threads)
     except ValueError as err:
-        cli.fail(str(err), code=1)
+        errors.fail(str(err), code=1)
     cfg.load_from, cfg.resume = None, False
     with cli.one_line_errors():
         metrics = cli.build_runner(cfg).test()

@@ -25,7 +25,7 @@ import os.path as osp
 import torch
 from mmengine.logging import print_log
 
-from convnext_backbone import cli
+from convnext_backbone import cli, errors
 from convnext_backbone.engine.dist import close_process_group
 from convnext_backbone.engine.preemption import resume_after_restart
 
@@ -56,15 +56,15 @@ def main() -> None:
 
     if args.amp:
         if not torch.cuda.is_available():
-            cli.fail("--amp needs a CUDA device (mmengine's AmpOptimWrapper); none is available")
+            errors.fail("--amp needs a CUDA device (mmengine's AmpOptimWrapper); none is available")
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     cli.use_fp32_without_gpu(cfg)
 
     if args.auto_scale_lr:
         if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
-            cli.fail(f'--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) in '
-                     f'{args.config}')
+            errors.fail(f'--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) in '
+                        f'{args.config}')
         cfg.auto_scale_lr.enable = True
 
     if args.resume == 'auto' or resume_after_restart(cfg.work_dir):

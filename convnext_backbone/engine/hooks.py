@@ -12,10 +12,11 @@ from mmengine.optim import AmpOptimWrapper
 from mmengine.runner import EpochBasedTrainLoop, Runner
 
 from .. import tuning
+from ..errors import UserError
 from ..registry import HOOKS
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training stopped because a loss became NaN or infinite."""
 
 

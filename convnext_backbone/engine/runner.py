@@ -50,6 +50,7 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from ..checkpoint import CheckpointError, check_fit, read_checkpoint, unwrap_state_dict
 from ..checkpoint.load import load_matching
+from ..errors import UserError, debug_enabled
 from ..registry import RUNNERS, SCOPE
 from . import preflight
 from .checkpoint_files import atomic_target, find_resumable_checkpoint
@@ -61,7 +62,7 @@ from .preflight import DatasetError
 _SPLITS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
-class ModelBuildError(ValueError):
+class ModelBuildError(UserError, ValueError):
     """The config's model cannot be built (a bad argument, an unknown type)."""
 
 
@@ -117,7 +118,7 @@ class ResumableRunner(Runner):
         try:
             return super().build_model(model)
         except Exception as err:  # noqa: BLE001 - a config mistake becomes one line
-            if os.environ.get('CONVNEXT_DEBUG', '') not in ('', '0'):
+            if debug_enabled():
                 raise
             raise explain_model_error(err) from err
 
