@@ -58,7 +58,48 @@ def test_the_wheel_carries_recipes_and_tools_under_mim(wheel):
     assert not any(n.startswith(('tests/', 'configs/', 'tools/')) for n in names)
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith('entry_points.txt'))).decode()
-    assert 'convnext-train = convnext_backbone.console:train' in entry_points
+    for name in _scripts():
+        assert f'{name} = convnext_backbone.console:main' in entry_points, name
+
+
+def _scripts():
+    """``[project.scripts]`` of pyproject.toml: the one list of the console scripts."""
+    tomllib = pytest.importorskip('tomllib')  # Python >= 3.11
+    with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+        return tomllib.load(f)['project']['scripts']
+
+
+def test_every_console_script_names_a_tool_by_the_rule():
+    from convnext_backbone.console import SCRIPT_PREFIX, tool_file
+    scripts = _scripts()
+    assert set(scripts.values()) == {'convnext_backbone.console:main'}
+    assert tool_file('convnext-export-onnx') == tool_file('export-onnx') == 'export_onnx.py'
+    for name in scripts:
+        assert name.startswith(SCRIPT_PREFIX), name
+        assert os.path.isfile(os.path.join(ROOT, 'tools', tool_file(name))), name
+
+
+@pytest.mark.parametrize('how', ['script', 'module'])
+def test_the_console_entry_runs_the_tool_a_script_name_or_argument_names(how, tmp_path):
+    """What pip's launcher of ``convnext-convert-checkpoint`` runs, and ``python -m``."""
+    if how == 'script':
+        args = [sys.executable, '-c', 'import sys; sys.argv[0] = "/venv/bin/convnext-convert-'
+                'checkpoint"; from convnext_backbone.console import main; main()']
+    else:
+        args = [sys.executable, '-m', 'convnext_backbone.console', 'convert-checkpoint']
+    proc = _run(args + [str(tmp_path / 'missing.pth'), str(tmp_path / 'out.pth')], cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f'convert_checkpoint.py: error: checkpoint not found: {tmp_path / "missing.pth"}']
+
+
+def test_the_console_module_names_the_tools_it_runs():
+    proc = _run([sys.executable, '-m', 'convnext_backbone.console', 'no-such-tool'], cwd=ROOT)
+    assert proc.returncode == 1
+    usage = proc.stderr.strip()
+    assert usage.startswith('usage: python -m convnext_backbone.console {'), usage
+    for name in _scripts():
+        assert name[len('convnext-'):] in usage, name
 
 
 @pytest.fixture(scope='module')
