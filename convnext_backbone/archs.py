@@ -1,9 +1,13 @@
-"""ConvNeXt sizes, as data: depths and widths of the four stages, and whether blocks use GRN (V2).
+"""ConvNeXt sizes, as data: depths and widths of the four stages, whether blocks use GRN (V2),
+the LayerNorms' eps.
 
 The checkpoint module names the arch a file holds from this table, and the model builds from it;
 neither imports the other for it.
 """
 from typing import Dict, Optional, Sequence
+
+#: eps of every LayerNorm of the official release (``norm_cfg`` may set another).
+LN_EPS = 1e-6
 
 ARCH_SETTINGS: Dict[str, dict] = {
     'tiny': dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
