@@ -288,11 +288,7 @@ def seg_setup(tmp_path_factory):
     """(config, env) for the 2-process runs."""
     pytest.importorskip('mmseg')
     root = tmp_path_factory.mktemp('cluster')
-    sys.path.insert(0, TOOLS)
-    try:
-        from make_demo_data import make_ade
-    finally:
-        sys.path.remove(TOOLS)
+    from make_demo_data import make_ade
     make_ade(str(root / 'ade'), {'training': 16}, size=64)
     (root / 'cluster_faults.py').write_text(FAULTS)
     (root / 'tiny_seg_base.py').write_text(f'DATA_ROOT = {str(root / "ade")!r}\n'

@@ -6,15 +6,13 @@ import subprocess
 import sys
 
 import cv2
+import make_demo_data
 import numpy as np
+import pretrain_demo
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-
-import make_demo_data  # noqa: E402
-import pretrain_demo  # noqa: E402
 
 DET_CFG = os.path.join(ROOT, 'configs', 'demo', 'mask-rcnn_convnext-demo_lite-fpn_shapes.py')
 SEG_CFG = os.path.join(ROOT, 'configs', 'demo', 'upernet_convnext-demo_lite_shapes.py')

@@ -263,7 +263,6 @@ def test_tracing_runs_the_modules():
 _RUN = r'''
 import hashlib, json, os, sys
 import torch
-sys.path.insert(0, os.path.join({root!r}, 'tests'))
 from reference import RefConvNeXt, randomise_
 from convnext_backbone import ConvNeXt, tuning
 torch.use_deterministic_algorithms({deterministic})
@@ -286,10 +285,15 @@ print(json.dumps(dict(hash=digest.hexdigest(), kernels=sorted(
 '''
 
 
+# the script imports tests/reference.py and the package from this checkout
+_TESTS_AND_ROOT = os.pathsep.join([os.path.join(ROOT, 'tests'), ROOT])
+
+
 def _run(deterministic=False, save='', env=None):
-    code = _RUN.format(root=ROOT, deterministic=deterministic, save=save)
+    code = _RUN.format(deterministic=deterministic, save=save)
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT, **(env or {})},
+                          cwd=ROOT,
+                          env={**os.environ, 'PYTHONPATH': _TESTS_AND_ROOT, **(env or {})},
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

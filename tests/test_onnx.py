@@ -32,7 +32,6 @@ from convnext_backbone.deploy.runtime import runtime_model
 from convnext_backbone.deploy.session import OnnxGraph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 CONFIGS = os.path.join(ROOT, 'configs')
 DET_DEMO = os.path.join(CONFIGS, 'demo', 'mask-rcnn_convnext-demo_lite-fpn_shapes.py')
 SEG_DEMO = os.path.join(CONFIGS, 'demo', 'upernet_convnext-demo_lite_shapes.py')

@@ -5,13 +5,13 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 
 import layouts
 import numpy as np
 import pytest
 import torch
+from make_demo_data import SEG_CLASSES, SHAPES, make_ade, make_coco
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModel
 from PIL import Image
@@ -26,8 +26,6 @@ CONFIGS = os.path.join(ROOT, 'configs')
 OWN_COCO = os.path.join(CONFIGS, 'own-data', 'mask-rcnn_convnext-t_fpn_1x_own-coco.py')
 OWN_SEG = os.path.join(CONFIGS, 'own-data', 'upernet_convnext-t_20k_own-seg-512x512.py')
 SMALL = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-from make_demo_data import SEG_CLASSES, SHAPES, make_ade, make_coco  # noqa: E402
 
 
 def _one_line(message, limit=700):

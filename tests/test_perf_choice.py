@@ -179,7 +179,6 @@ def test_bf16_autocast_warns_once_on_a_cpu_without_native_bf16(monkeypatch):
                                             (AVX512_BF16, ['fp32', 'bf16'])])
 def test_the_benchmark_chooses_bf16_only_where_it_is_native(monkeypatch, flags, expected):
     monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
-    monkeypatch.syspath_prepend(os.path.join(ROOT, 'tools'))
     sys.modules.pop('benchmark', None)
     import benchmark
     with machine.simulate_cpu(flags):

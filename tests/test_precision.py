@@ -24,7 +24,6 @@ needs_bf16 = pytest.mark.skipif(not machine.native_bf16(),
 
 
 def _model(config):
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
     from convnext_backbone import cli
     torch.manual_seed(0)
     return cli.build_model(cli.read_config(config))
@@ -62,7 +61,6 @@ def test_prepare_bf16_wraps_mmcv_ops_and_output_layers_once():
 
 
 def _batch(scope, size):
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
     from benchmark import synthetic_batch
     return synthetic_batch(scope, (size, size), 1, train=False)
 

@@ -184,7 +184,6 @@ CRASH_SCRIPT = textwrap.dedent('''
     import os, resource, signal, sys
     import torch
     from mmengine.hooks import Hook
-    sys.path.insert(0, {tests!r})
     from test_resume import toy_runner
 
     mode, work_dir, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -207,10 +206,12 @@ CRASH_SCRIPT = textwrap.dedent('''
 @pytest.mark.parametrize('mode', ['killed', 'disk_error'])
 def test_crash_while_saving_leaves_previous_checkpoint_usable(tmp_path, mode):
     script = tmp_path / 'crash.py'
-    script.write_text(CRASH_SCRIPT.format(tests=os.path.join(ROOT, 'tests')))
+    script.write_text(CRASH_SCRIPT)
     work_dir = tmp_path / 'work'
     limit = 1_200_000  # iter_2 (~0.4 MB) fits, iter_4 (~1.2 MB + the rest) does not
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+    # the script imports this file (its toy runner) and the package from this checkout
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join([os.path.join(ROOT, 'tests'), ROOT]))
     proc = subprocess.run([PY, str(script), mode, str(work_dir), str(limit)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0, proc.stdout[-2000:]
@@ -367,7 +368,6 @@ def _scalars(work_dir):
                     reason='tools/train.py is not there')
 def test_train_py_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_path):
     pytest.importorskip('mmseg')
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
     from make_demo_data import make_ade
     data = tmp_path / 'demo_ade'
     make_ade(str(data), {'training': 8}, size=64)  # 4 iterations per epoch, 12 in all

@@ -94,6 +94,21 @@ def test_tools_import_the_package_not_each_other(name):
     assert 'sys.path' not in ast.unparse(tree), f'{name} edits sys.path'
 
 
+# An edit of sys.path, in a test's code or in a script it runs: pytest's pythonpath (pyproject)
+# finds tests/ and tools/, and a subprocess is given PYTHONPATH.
+_EDITS_SYS_PATH = re.compile(r'sys\.path\s*(\.\s*(insert|append|extend|remove)\b|\+?=|\[)'
+                             r'|monkeypatch\.syspath_prepend')
+
+
+def test_tests_leave_sys_path_to_pytests_pythonpath():
+    tests = os.path.join(ROOT, 'tests')
+    found = [f'{name}:{i}: {line.strip()}' for name in sorted(os.listdir(tests))
+             if name.endswith('.py')
+             for i, line in enumerate(open(os.path.join(tests, name), encoding='utf-8'), 1)
+             if _EDITS_SYS_PATH.search(line)]
+    assert not found, found
+
+
 def test_install_script_installs_from_pyproject_without_pins_of_its_own():
     script = open(os.path.join(TOOLS, 'install.sh'), encoding='utf-8').read()
     for package in ('mmdet', 'mmsegmentation', 'mmengine', 'pycocotools', 'safetensors',

@@ -456,7 +456,6 @@ def test_get_flops_prints_params_and_flops(config, params_m):
 
 @needs_ops
 def test_flops_forward_runs_box_heads_on_all_and_mask_heads_on_first_proposals():
-    sys.path.insert(0, TOOLS)
     from get_flops import TwoStageDummy
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
@@ -505,7 +504,6 @@ def _mmdet2_checkpoint(state, mmpretrain_backbone=False, palette=None):
 def test_mmdet2_checkpoint_converts_and_loads_strictly(config, mmpretrain_backbone, tmp_path):
     if not os.path.isfile(config):
         pytest.skip(f'{config} not written yet')
-    sys.path.insert(0, TOOLS)
     from convert_mmdet2_checkpoint import main
     model = build_model(config)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -532,7 +530,6 @@ def test_mmdet2_checkpoint_converts_and_loads_strictly(config, mmpretrain_backbo
 
 @needs_ops
 def test_mmdet2_checkpoint_of_another_architecture_is_refused(tmp_path):
-    sys.path.insert(0, TOOLS)
     from convert_mmdet2_checkpoint import main
     state = build_model(MASK_RCNN_T).state_dict()
     src = tmp_path / 'mask_rcnn.pth'
