@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(ROOT, 'tools', 'benchmark.py')
 
 needs_ops = pytest.mark.skipif(

@@ -2,13 +2,12 @@
 is detected, loads strictly into every size its family released, gives the independent reference's
 features, and is refused in one line when it does not fit."""
 import functools
-import importlib.util
 import logging
-import os
 
 import layouts
 import pytest
 import torch
+from helpers import load_tool
 from reference import RefConvNeXt, dinov3_patch_tokens, randomise_
 
 from convnext_backbone import ARCH_SETTINGS, CheckpointError, ConvNeXt, convert_state_dict
@@ -20,7 +19,6 @@ from convnext_backbone.checkpoint import (
 )
 from convnext_backbone.checkpoint.layouts import DINOV3, DINOV3_HF, FCMAE, OUTPUT_NORM
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V1 = dict(depths=(2, 1, 4, 1), dims=(16, 24, 32, 48))
 V2 = dict(V1, use_grn=True)
 
@@ -236,10 +234,7 @@ def test_fcmae_conversion_is_pure_and_its_result_round_trips_as_our_layout():
 
 @pytest.mark.parametrize('name', ['dinov3', 'dinov3_hf', 'fcmae'])
 def test_convert_checkpoint_tool_writes_our_layout(name, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        'convert_checkpoint', os.path.join(ROOT, 'tools', 'convert_checkpoint.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('convert_checkpoint')
     writer, arch, layout, norms = FAMILIES[name]
     ref = _reference(arch, norms)
     src = _save(writer(ref.state_dict(), arch['dims']), tmp_path / f'{name}.pth')

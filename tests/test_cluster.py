@@ -13,11 +13,11 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
+from helpers import PY, ROOT, TOOLS
 from mmengine.hooks import Hook
 from test_resume import SEG_CONFIG as RESUME_SEG_CONFIG
 from test_resume import RecordLr, _scalars, toy_runner
@@ -27,9 +27,6 @@ from convnext_backbone.checkpoint import is_complete_checkpoint, load_allowliste
 from convnext_backbone.engine import StopOnSignalHook, find_resumable_checkpoint
 from convnext_backbone.engine.preemption import TrainingStopped, restarted_by, resume_after_restart
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.path.join(ROOT, 'tools')
-PY = sys.executable
 TIMEOUT = 300  # seconds for one training command; the machine may be shared and slow
 
 

@@ -11,8 +11,7 @@ import numpy as np
 import pretrain_demo
 import pytest
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 DET_CFG = os.path.join(ROOT, 'configs', 'demo', 'mask-rcnn_convnext-demo_lite-fpn_shapes.py')
 SEG_CFG = os.path.join(ROOT, 'configs', 'demo', 'upernet_convnext-demo_lite_shapes.py')

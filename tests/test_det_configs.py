@@ -12,9 +12,9 @@ from typing import NamedTuple, Optional, Tuple
 
 import pytest
 import torch
+from helpers import ROOT
 from mmengine.config import Config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs')
 URL = 'https://dl.fbaipublicfiles.com/convnext/'
 

@@ -14,10 +14,9 @@ import sysconfig
 import zipfile
 
 import pytest
-from helpers import layered_venv
+from helpers import ROOT, layered_venv
 from test_tools import check, needs_ops, write_config, write_tiny_coco
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = 'mask-rcnn_convnext-t_fpn_amp-ms-crop-3x_coco.py'
 #: what a copy of the checkout leaves out: venvs, caches, build outputs, data
 SKIP = shutil.ignore_patterns('.git', '.venv*', '.wheels', 'work_dirs', 'data', 'build', 'dist',

@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import ROOT
 from reference import RefConvNeXt, randomise_
 from torch import nn
 
 from convnext_backbone import ConvNeXt, ops, tuning
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V1 = dict(depths=(2, 1, 3, 1), dims=(16, 24, 32, 48))
 V2 = dict(V1, use_grn=True)
 ARCHS = pytest.mark.parametrize('arch', [V1, V2], ids=['v1', 'v2'])

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import ROOT
 from mmengine.config import Config
 
 from convnext_backbone import cli
@@ -31,7 +32,6 @@ from convnext_backbone.deploy.graphs import AdaptivePool2d, BatchNormInference
 from convnext_backbone.deploy.runtime import runtime_model
 from convnext_backbone.deploy.session import OnnxGraph
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs')
 DET_DEMO = os.path.join(CONFIGS, 'demo', 'mask-rcnn_convnext-demo_lite-fpn_shapes.py')
 SEG_DEMO = os.path.join(CONFIGS, 'demo', 'upernet_convnext-demo_lite_shapes.py')

@@ -11,6 +11,7 @@ import layouts
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, SMALL, load_tool, one_line
 from make_demo_data import SEG_CLASSES, SHAPES, make_ade, make_coco
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModel
@@ -21,16 +22,9 @@ from torch import nn
 from convnext_backbone import CheckpointError, ConvNeXt
 from convnext_backbone.engine import DatasetError, ResumableRunner
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs')
 OWN_COCO = os.path.join(CONFIGS, 'own-data', 'mask-rcnn_convnext-t_fpn_1x_own-coco.py')
 OWN_SEG = os.path.join(CONFIGS, 'own-data', 'upernet_convnext-t_20k_own-seg-512x512.py')
-SMALL = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
-
-
-def _one_line(message, limit=700):
-    assert '\n' not in message and len(message) < limit, message
-    return message
 
 
 # -- the data the tests write ----------------------------------------------------------------------
@@ -215,7 +209,7 @@ def test_load_from_a_backbone_alone_is_refused_with_the_init_cfg_to_write(tmp_pa
     torch.save(writer(ConvNeXt(SMALL).state_dict(), SMALL['dims']), path)
     with pytest.raises(CheckpointError) as err:
         _toy_runner(tmp_path, path, resume=resume).load_or_resume()
-    message = _one_line(str(err.value))
+    message = one_line(str(err.value), limit=700)
     assert message.startswith(f'load_from {path}: none of its ')
     assert "fits the model (first model keys ['backbone.downsample_layers.0.0.weight'" in message
     assert message.endswith(
@@ -230,7 +224,7 @@ def test_load_from_a_file_of_another_network_names_its_keys_and_the_models(tmp_p
                                'layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1)}}, path)
     with pytest.raises(CheckpointError) as err:
         _toy_runner(tmp_path, path).load_or_resume()
-    assert _one_line(str(err.value)) == (
+    assert one_line(str(err.value), limit=700) == (
         f"load_from {path}: none of its 2 tensors fits the model (not a ConvNeXt layout; its "
         "first keys ['conv1.weight', 'layer1.0.conv1.weight']; the model's first keys "
         "['backbone.downsample_layers.0.0.weight', 'backbone.downsample_layers.0.0.bias', "
@@ -271,7 +265,7 @@ def test_load_from_a_whole_model_with_an_mmpretrain_backbone_is_refused_with_how
     torch.save({'state_dict': state}, path)
     with pytest.raises(CheckpointError) as err:
         _toy_runner(tmp_path, path).load_or_resume()
-    message = _one_line(str(err.value))
+    message = one_line(str(err.value), limit=700)
     assert message.startswith(f"load_from {path}: its backbone is in the mmpretrain layout (as in "
                               "mmdet's and mmseg's model zoos), so only 36 of the backbone's 60 "
                               'tensors would load: convert the file once with python '
@@ -311,7 +305,7 @@ def test_train_py_with_a_load_from_that_fits_nothing_exits_with_one_line(own_seg
                 *[a.format(path=path) for a in how])
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert 'Traceback' not in proc.stderr and 'Iter(train)' not in proc.stdout + proc.stderr
-    last = _one_line(proc.stderr.strip().splitlines()[-1])
+    last = one_line(proc.stderr.strip().splitlines()[-1], limit=700)
     assert last.startswith(f'train.py: error: load_from {path}: none of its 348 tensors fits the '
                            'model'), last
     assert f"model.backbone.init_cfg=dict(type='Pretrained', checkpoint='{path}')" in last
@@ -340,7 +334,7 @@ def _train_fails(config, work_dir, **cfg_options):
     # the train loop was never built, so no iteration ran and nothing was saved
     assert isinstance(runner._train_loop, dict)
     assert not any(n.endswith('.pth') for n in os.listdir(work_dir))
-    return _one_line(str(err.value))
+    return one_line(str(err.value), limit=700)
 
 
 @needs_ops
@@ -451,11 +445,7 @@ def test_skip_unreadable_warns_before_training_and_trains_on_other_images(own_se
 # -- tools/infer.py --------------------------------------------------------------------------------
 @pytest.mark.parametrize('cuda', [True, False])
 def test_infer_device_defaults_to_cuda_where_available(monkeypatch, cuda):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('infer_tool',
-                                                  os.path.join(ROOT, 'tools', 'infer.py'))
-    infer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(infer)
+    infer = load_tool('infer')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
     args = ['config.py', 'model.pth', 'images/', '--out', 'out']
     assert infer.parse_args(args).device == ('cuda' if cuda else 'cpu')

@@ -1,5 +1,4 @@
 """Per-machine decisions: fast paths are kept only where faster, bf16 is never a trap."""
-import os
 import sys
 import time
 import warnings
@@ -10,7 +9,6 @@ import torch.nn.functional as F
 
 from convnext_backbone import ConvNeXt, machine, ops, tuning
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AVX2_ONLY = {'fpu', 'sse4_2', 'avx', 'avx2', 'fma', 'f16c'}
 AVX512_BF16 = AVX2_ONLY | {'avx512f', 'avx512bw', 'avx512_bf16'}
 

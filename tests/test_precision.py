@@ -6,12 +6,12 @@ import sys
 
 import pytest
 import torch
+from helpers import ROOT
 from torch import nn
 
 from convnext_backbone import machine
 from convnext_backbone.precision import Float32, prepare_bf16
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DET = os.path.join(ROOT, 'configs', 'demo', 'mask-rcnn_convnext-demo_lite-fpn_shapes.py')
 DEMO_SEG = os.path.join(ROOT, 'configs', 'demo', 'upernet_convnext-demo_lite_shapes.py')
 

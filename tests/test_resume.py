@@ -5,13 +5,12 @@ import pickle
 import re
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 import torch
-from helpers import one_line, toy_regression_runner, truncate
+from helpers import PY, ROOT, one_line, toy_regression_runner, truncate
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel
@@ -25,9 +24,6 @@ from convnext_backbone.checkpoint import (
     load_allowlisted,
 )
 from convnext_backbone.engine import ResumableRunner, find_resumable_checkpoint
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PY = sys.executable
 
 
 # -- a toy model trained by ResumableRunner in this process ---------------------------------------

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.evaluator import Evaluator
@@ -23,7 +24,6 @@ from mmengine.structures import PixelData
 from mmseg.registry import DATASETS, MODELS, PARAM_SCHEDULERS
 from mmseg.structures import SegDataSample
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, 'configs')
 
 IN1K = 'https://dl.fbaipublicfiles.com/convnext/convnext_{}_1k_224.pth'

@@ -13,7 +13,7 @@ from importlib import metadata
 
 import pytest
 import torch
-from helpers import layered_venv, needs_ops
+from helpers import ROOT, layered_venv, needs_ops
 from packaging.requirements import Requirement
 
 from convnext_backbone import STACK, stack
@@ -23,7 +23,6 @@ try:
 except ImportError:  # Python < 3.11
     import tomli as tomllib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: one small pure-Python distribution of each stack, to put in front of this environment
 OTHER_ENGINE = {stack.UPSTREAM: 'onedl-mmengine==0.10.12', stack.ONEDL: 'mmengine==0.10.7'}
 

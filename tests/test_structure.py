@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT, TOOLS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'convnext_backbone')
-TOOLS = os.path.join(ROOT, 'tools')
 
 
 def _module_name(path):

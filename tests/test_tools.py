@@ -10,11 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import RunsCode
+from helpers import ROOT, TOOLS, RunsCode
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.path.join(ROOT, 'tools')
 MASK_RCNN_T = os.path.join(ROOT, 'configs', 'mask-rcnn_convnext-t_fpn_amp-ms-crop-3x_coco.py')
 CASCADE_T = os.path.join(
     ROOT, 'configs', 'cascade-mask-rcnn_convnext-t_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py')

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import ROOT
 
 from convnext_backbone import ConvNeXt
 from convnext_backbone.checkpoint import TORCHVISION, convert_state_dict, read_checkpoint
@@ -18,7 +19,6 @@ from convnext_backbone.checkpoint.zoo import TORCHVISION_CONVNEXT
 torchvision = pytest.importorskip('torchvision', reason='torchvision is not installed here')
 models = torchvision.models
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = {'convnext_tiny': 'tiny', 'convnext_small': 'small', 'convnext_base': 'base',
          'convnext_large': 'large'}
 

@@ -16,6 +16,7 @@ import re
 import layouts
 import pytest
 import torch
+from helpers import ROOT
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
@@ -28,7 +29,6 @@ from convnext_backbone import ARCH_SETTINGS, ConvNeXt, convert_state_dict
 from convnext_backbone.checkpoint import check_fit
 from convnext_backbone.checkpoint.layouts import DINOV3, FCMAE, OUTPUT_NORM
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs')
 PT_ONLY = 'https://dl.fbaipublicfiles.com/convnext/convnextv2/pt_only/convnextv2_{}_1k_224_fcmae.pt'
 # File names of transformers' convert_dinov3_convnext_to_hf.py (HUB_CHECKPOINTS).
