@@ -61,7 +61,7 @@ def test_prepare_bf16_wraps_mmcv_ops_and_output_layers_once():
 
 
 def _batch(scope, size):
-    from benchmark import synthetic_batch
+    from bench.models import synthetic_batch
     return synthetic_batch(scope, (size, size), 1, train=False)
 
 
