@@ -12,28 +12,14 @@ OLD_VENV := $(CURDIR)/.venv-torch21
 ONEDL_VENV := $(CURDIR)/.venv-onedl
 ONEDL_TORCH := torch==2.14.1 torchvision==0.29.1
 ONEDL_INSTALL := VENV=$(ONEDL_VENV) STACK=onedl TORCH_PACKAGES="$(ONEDL_TORCH)"
-# The OneDL checks that need no mmcv ops (building a detector or segmentor imports them): stacks
-# and packaging, every recipe loads, config prefixes, model-zoo names, torchvision's layout,
-# checkpoint reading and layouts, the backbone, layer decay's argument check.
-ONEDL_CORE_TESTS := tests/test_stacks.py tests/test_zoo.py tests/test_torchvision.py \
-	tests/test_checkpoint.py tests/test_checkpoint_families.py tests/test_compat.py \
-	tests/test_backbone.py tests/test_layer_decay.py::test_bad_paramwise_cfg_is_refused_with_what_is_allowed
-CORE_TESTS := tests/test_backbone.py tests/test_compat.py tests/test_fast_paths.py \
-	tests/test_module_contract.py tests/test_checkpoint.py tests/test_checkpoint_families.py \
-	tests/test_backbone_arguments.py tests/test_checkpoint_errors.py tests/test_finite_loss.py \
-	tests/test_cli_errors.py tests/test_datasets.py tests/test_infer.py \
-	tests/test_resume.py tests/test_perf_choice.py \
-	tests/test_perf_compile_hook.py tests/test_structure.py \
-	tests/test_layer_decay.py::test_bad_paramwise_cfg_is_refused_with_what_is_allowed \
-	tests/test_layer_decay.py::test_model_without_backbone_is_refused \
-	tests/test_layer_decay.py::test_num_layers_that_does_not_fit_the_backbone_is_named \
-	tests/test_layer_decay.py::test_unknown_decay_type_lists_the_known_ones
-# (their other tests build mmdet/mmseg models, import every module (mmdet's users among them) or
-# run mmcv's ops)
-CORE_DESELECT := \
-	--deselect tests/test_cli_errors.py::test_train_py_names_a_missing_dataset_folder_before_training \
-	--deselect tests/test_structure.py::test_a_fresh_interpreter_imports_every_module \
-	--deselect tests/test_backbone.py::test_outputs_are_contiguous_nchw_as_mmcv_ops_expect
+# The suites that run without the whole stack are selected by pytest markers (pyproject.toml's
+# [tool.pytest.ini_options] markers, set per file or per test): `core` (test-oldest: the tests that
+# need neither mmdet/mmseg nor mmcv's ops, or skip without them; `needs_full_stack` marks the few of
+# a core file that it leaves out) and `onedl_core` (test-onedl-core: stacks and packaging, every
+# recipe loads, config prefixes, model-zoo names, torchvision's layout, checkpoint reading and
+# layouts, the backbone, layer decay's argument check).
+CORE_MARKERS := core and not needs_full_stack
+ONEDL_CORE_MARKERS := onedl_core
 
 .PHONY: install install-oldest install-onedl install-onedl-core test test-oldest test-onedl \
 	test-onedl-core lint demo demo-onedl bench
@@ -57,10 +43,10 @@ test: install install-oldest
 	$(MAKE) --no-print-directory test-onedl-core
 
 test-oldest: install-oldest
-	$(OLD_VENV)/bin/python -m pytest -q $(CORE_TESTS) $(CORE_DESELECT)
+	$(OLD_VENV)/bin/python -m pytest -q -m "$(CORE_MARKERS)"
 
 test-onedl-core: install-onedl-core
-	$(ONEDL_VENV)/bin/python -m pytest -q $(ONEDL_CORE_TESTS)
+	$(ONEDL_VENV)/bin/python -m pytest -q -m "$(ONEDL_CORE_MARKERS)"
 
 # the whole suite on the OneDL stack (onedl-mmcv with ops: built once, 15-30 min on 2 cores)
 test-onedl: install-onedl

@@ -6,6 +6,8 @@ from reference import RefConvNeXt, randomise_
 
 from convnext_backbone import ARCH_SETTINGS, ConvNeXt
 
+pytestmark = [pytest.mark.core, pytest.mark.onedl_core]
+
 SMALL = dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64))
 
 
@@ -160,6 +162,7 @@ def test_outputs_equal_the_plain_reference_implementation(v2):
             assert (ours - theirs).norm() / theirs.norm() < 1e-5
 
 
+@pytest.mark.needs_full_stack  # not in make test-oldest
 @needs_ops
 def test_outputs_are_contiguous_nchw_as_mmcv_ops_expect():
     # mmcv's RoIAlign reads its input as contiguous NCHW regardless of strides.

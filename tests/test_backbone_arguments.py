@@ -10,6 +10,8 @@ from torch import nn
 
 from convnext_backbone import ConvNeXt
 
+pytestmark = pytest.mark.core
+
 
 # -- backbone arguments ----------------------------------------------------------------------------
 @pytest.mark.parametrize('kwargs, message', [

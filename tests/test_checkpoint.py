@@ -19,6 +19,8 @@ from convnext_backbone.checkpoint import (
     load_pretrained,
 )
 
+pytestmark = [pytest.mark.core, pytest.mark.onedl_core]
+
 V1 = dict(depths=(2, 1, 4, 1), dims=(16, 24, 32, 48))
 V2 = dict(V1, use_grn=True)
 

@@ -8,6 +8,8 @@ from helpers import SMALL, one_line, truncate
 
 from convnext_backbone import CheckpointError, ConvNeXt, load_pretrained
 
+pytestmark = pytest.mark.core
+
 
 @pytest.fixture
 def small_checkpoint(tmp_path):

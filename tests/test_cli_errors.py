@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from helpers import PY, ROOT, load_tool
 
+pytestmark = pytest.mark.core
+
 
 # -- config paths ----------------------------------------------------------------------------------
 @pytest.mark.parametrize('tool, extra', [('train', []), ('test', ['ckpt.pth']),
@@ -131,6 +133,7 @@ optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.01))
 '''
 
 
+@pytest.mark.needs_full_stack  # not in make test-oldest
 def test_train_py_names_a_missing_dataset_folder_before_training(tmp_path):
     config = tmp_path / 'no_data.py'
     missing = tmp_path / 'no_such_data'

@@ -18,6 +18,8 @@ from mmengine.logging import HistoryBuffer
 from convnext_backbone import compat
 from convnext_backbone.checkpoint import CheckpointError, read_checkpoint, unpickler
 
+pytestmark = [pytest.mark.core, pytest.mark.onedl_core]
+
 LOADERS = {'restricted_load': unpickler.restricted_load,
            'load_allowlisted': unpickler.load_allowlisted}
 

@@ -12,6 +12,8 @@ from torch import nn
 
 from convnext_backbone.engine import DatasetError, ResumableRunner
 
+pytestmark = pytest.mark.core
+
 
 @pytest.fixture(scope='module')
 def demo_data(tmp_path_factory):

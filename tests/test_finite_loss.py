@@ -8,6 +8,8 @@ from helpers import ToyRegression, one_line, toy_regression_runner
 
 from convnext_backbone.engine import FiniteLossHook, NonFiniteLossError
 
+pytestmark = pytest.mark.core
+
 
 @pytest.mark.parametrize('value, shown', [(math.nan, 'nan'), (math.inf, 'inf')])
 @pytest.mark.parametrize('loop, where', [

@@ -14,6 +14,8 @@ from make_demo_data import SHAPES
 
 from convnext_backbone import ConvNeXt
 
+pytestmark = pytest.mark.core
+
 SEG_INFER_CONFIG = '''
 default_scope = 'mmseg'
 model = dict(

@@ -273,6 +273,8 @@ def test_num_layers_too_small_for_the_backbone_says_what_fits(decay_type, num_la
     (dict(decay_rate=0.9, custom_keys={'neck': dict(momentum=0.5)}), "'momentum'"),
     ({}, 'needs paramwise_cfg'),
 ])
+@pytest.mark.core
+@pytest.mark.onedl_core
 def test_bad_paramwise_cfg_is_refused_with_what_is_allowed(paramwise, message):
     cfg = optim_cfg()
     with pytest.raises(ValueError, match=message):
@@ -287,6 +289,7 @@ def test_backbone_without_get_layer_id_is_refused_by_class_name():
         build_groups(build('mmdet', cfg), decay_rate=0.9, num_layers=6)
 
 
+@pytest.mark.core
 def test_model_without_backbone_is_refused():
     with pytest.raises(ValueError, match='Linear has none'):
         build_groups(torch.nn.Linear(2, 2), decay_rate=0.9, num_layers=6)
@@ -313,6 +316,7 @@ def _build_optimizer(paramwise_cfg, arch=None):
     (4, 'layer_wise', 6),   # 9 blocks in stage 2 need 4 + (9 - 1) // 3 = 6
     (2, 'stage_wise', 3),
 ])
+@pytest.mark.core
 def test_num_layers_that_does_not_fit_the_backbone_is_named(num_layers, decay_type, least):
     with pytest.raises(ValueError) as err:
         _build_optimizer(dict(num_layers=num_layers, decay_rate=0.9, decay_type=decay_type))
@@ -322,6 +326,7 @@ def test_num_layers_that_does_not_fit_the_backbone_is_named(num_layers, decay_ty
     assert f'need num_layers >= {least}' in message
 
 
+@pytest.mark.core
 def test_unknown_decay_type_lists_the_known_ones():
     with pytest.raises(ValueError, match=re.escape(
             "unknown decay_type 'block_wise'; use one of 'layer_wise', 'stage_wise'")):

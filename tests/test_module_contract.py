@@ -16,6 +16,8 @@ from torch import nn
 
 from convnext_backbone import ConvNeXt, ops, tuning
 
+pytestmark = pytest.mark.core
+
 V1 = dict(depths=(2, 1, 3, 1), dims=(16, 24, 32, 48))
 V2 = dict(V1, use_grn=True)
 ARCHS = pytest.mark.parametrize('arch', [V1, V2], ids=['v1', 'v2'])

@@ -12,7 +12,6 @@ import sys
 import time
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from helpers import ROOT
@@ -31,6 +30,8 @@ from convnext_backbone.deploy.detector import per_stage
 from convnext_backbone.deploy.graphs import AdaptivePool2d, BatchNormInference
 from convnext_backbone.deploy.runtime import runtime_model
 from convnext_backbone.deploy.session import OnnxGraph
+
+onnx = pytest.importorskip('onnx')  # the deploy extra
 
 CONFIGS = os.path.join(ROOT, 'configs')
 DET_DEMO = os.path.join(CONFIGS, 'demo', 'mask-rcnn_convnext-demo_lite-fpn_shapes.py')

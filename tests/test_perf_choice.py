@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from convnext_backbone import ConvNeXt, machine, ops, tuning
 
+pytestmark = pytest.mark.core
+
 AVX2_ONLY = {'fpu', 'sse4_2', 'avx', 'avx2', 'fma', 'f16c'}
 AVX512_BF16 = AVX2_ONLY | {'avx512f', 'avx512bw', 'avx512_bf16'}
 

@@ -10,6 +10,8 @@ from torch import nn
 from convnext_backbone import ConvNeXt
 from convnext_backbone.engine import CompileForTestHook
 
+pytestmark = pytest.mark.core
+
 
 class Detector(nn.Module):
     def __init__(self):

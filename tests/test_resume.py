@@ -25,6 +25,8 @@ from convnext_backbone.checkpoint import (
 )
 from convnext_backbone.engine import ResumableRunner, find_resumable_checkpoint
 
+pytestmark = pytest.mark.core
+
 
 # -- a toy model trained by ResumableRunner in this process ---------------------------------------
 class ToyData(Dataset):

@@ -21,6 +21,8 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
+
+pytest.importorskip('mmseg')
 from mmseg.registry import DATASETS, MODELS, PARAM_SCHEDULERS
 from mmseg.structures import SegDataSample
 

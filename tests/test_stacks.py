@@ -23,6 +23,8 @@ try:
 except ImportError:  # Python < 3.11
     import tomli as tomllib
 
+pytestmark = pytest.mark.onedl_core
+
 #: one small pure-Python distribution of each stack, to put in front of this environment
 OTHER_ENGINE = {stack.UPSTREAM: 'onedl-mmengine==0.10.12', stack.ONEDL: 'mmengine==0.10.7'}
 

@@ -8,6 +8,8 @@ import sys
 import pytest
 from helpers import ROOT, TOOLS
 
+pytestmark = pytest.mark.core
+
 PACKAGE = os.path.join(ROOT, 'convnext_backbone')
 
 
@@ -71,6 +73,7 @@ def test_lower_layers_do_not_import_higher_ones(module, forbidden):
     assert forbidden not in _reachable(_package_imports(), module)
 
 
+@pytest.mark.needs_full_stack  # not in make test-oldest
 def test_a_fresh_interpreter_imports_every_module():
     modules = sorted(_package_imports())
     code = 'import importlib\n' + ''.join(f'importlib.import_module({m!r})\n' for m in modules)

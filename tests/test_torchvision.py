@@ -16,6 +16,8 @@ from convnext_backbone import ConvNeXt
 from convnext_backbone.checkpoint import TORCHVISION, convert_state_dict, read_checkpoint
 from convnext_backbone.checkpoint.zoo import TORCHVISION_CONVNEXT
 
+pytestmark = pytest.mark.onedl_core
+
 torchvision = pytest.importorskip('torchvision', reason='torchvision is not installed here')
 models = torchvision.models
 

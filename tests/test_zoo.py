@@ -9,6 +9,8 @@ from helpers import RunsCode
 
 from convnext_backbone.checkpoint import CheckpointError, read_checkpoint, zoo
 
+pytestmark = pytest.mark.onedl_core
+
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
