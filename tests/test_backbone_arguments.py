@@ -48,7 +48,7 @@ def test_bad_backbone_argument_is_named_with_what_is_allowed(kwargs, message):
     (dict(linear_pw_conv=False), lambda m: isinstance(m.stages[0][0].pwconv1, nn.Linear)),
     (dict(stem_patch_size=4), lambda m: m.downsample_layers[0][0].stride == (4, 4)),
     (dict(act_cfg=dict(type='GELU')), lambda m: isinstance(m.stages[0][0].act, nn.GELU)),
-    (dict(pretrained=None), lambda m: True),
+    (dict(pretrained=None), lambda m: m.init_cfg is None),  # dropped: no weights to load
     (dict(arch=dict(depths=[1, 1, 1, 1], channels=[8, 16, 32, 64])),
      lambda m: m.dims == (8, 16, 32, 64)),
     (dict(arch='atto', use_grn=True), lambda m: m.dims == (40, 80, 160, 320) and m.use_grn),
