@@ -81,7 +81,15 @@ def parse_args(parser: argparse.ArgumentParser,
 
 def read_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     """:func:`convnext_backbone.config.read_config` for a tool: a missing file (the config or
-    one of its bases) ends the tool in one line (exit status 2)."""
+    one of its bases) ends the tool in one line (exit status 2).
+
+    Args:
+        path (str): Config file.
+        cfg_options (dict, optional): Overrides from ``--cfg-options``. Defaults to None.
+
+    Returns:
+        Config: The config.
+    """
     with one_line(code=2):
         return config.read_config(path, cfg_options)
 

@@ -68,9 +68,46 @@ def test_package_has_no_import_cycles():
     ('convnext_backbone.checkpoint.layouts', 'convnext_backbone.convnext'),
     ('convnext_backbone.checkpoint.load', 'convnext_backbone.convnext'),
     ('convnext_backbone.checkpoint.io', 'convnext_backbone.engine'),
+    ('convnext_backbone.checkpoint.unpickler', 'convnext_backbone.engine'),
 ])
 def test_lower_layers_do_not_import_higher_ones(module, forbidden):
     assert forbidden not in _reachable(_package_imports(), module)
+
+
+def test_errors_and_stack_import_nothing_else_of_the_package():
+    """stack.py raises its error at ``import convnext_backbone``, before mmengine is imported."""
+    graph = _package_imports()
+    assert graph['convnext_backbone.errors'] == set()
+    assert _reachable(graph, 'convnext_backbone.stack') == {'convnext_backbone.errors'}
+
+
+def test_compat_holds_torch_shims_not_the_checkpoint_unpickler():
+    tree = ast.parse(open(os.path.join(PACKAGE, 'compat.py'), encoding='utf-8').read())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {'pickle', '_compat_pickle', 'zipfile'}, imported
+
+
+def _code_strings(path):
+    """The string constants of a module's code (its docstrings left out)."""
+    tree = ast.parse(open(path, encoding='utf-8').read())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+@pytest.mark.parametrize('path', sorted(
+    os.path.join(folder, n) for root in (PACKAGE, TOOLS) for folder, _, names in os.walk(root)
+    for n in names if n.endswith('.py')
+    and os.path.join(folder, n) != os.path.join(PACKAGE, 'errors.py')),
+    ids=lambda p: os.path.relpath(p, ROOT))
+def test_only_the_errors_module_formats_error_lines_and_reads_the_debug_switch(path):
+    found = [s for s in _code_strings(path)
+             if s == 'CONVNEXT_DEBUG' or s.startswith('error: ') or ': error: ' in s]
+    assert not found, f'{path}: use convnext_backbone.errors (fail, report, debug_enabled)'
 
 
 @pytest.mark.needs_full_stack  # not in make test-oldest
