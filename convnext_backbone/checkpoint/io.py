@@ -18,6 +18,8 @@ from ..errors import UserError
 from . import zoo
 from .unpickler import load_allowlisted
 
+__all__ = ['CheckpointError', 'is_complete_checkpoint', 'read_checkpoint']
+
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read, is refused, or does not fit the model."""
@@ -66,7 +68,7 @@ def read_checkpoint(path: str) -> Any:
     try:
         return read(path)
     except Exception as err:  # noqa: BLE001 - every reading error becomes one clear line
-        raise explain_read_error(path, err) from None
+        raise _explain_read_error(path, err) from None
 
 
 def _download(url: str) -> str:
@@ -77,11 +79,11 @@ def _download(url: str) -> str:
         try:
             download_url_to_file(url, cached, progress=True)
         except OSError as err:  # URLError, HTTPError and socket errors are OSErrors
-            raise explain_read_error(url, err) from None
+            raise _explain_read_error(url, err) from None
     return cached
 
 
-def explain_read_error(path: str, err: BaseException) -> CheckpointError:
+def _explain_read_error(path: str, err: BaseException) -> CheckpointError:
     """Turn any failure to read a checkpoint into a one-line :class:`CheckpointError`.
 
     Args:
