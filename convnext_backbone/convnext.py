@@ -1,9 +1,9 @@
 """The ConvNeXt backbone (V1 and V2) for dense prediction with mmdet 3.x and mmseg 1.x.
 
-Model math only: sizes are data (``archs.py``), mmpretrain's keywords are translated in
-``keywords.py``, checkpoint reading and key conversion live in ``checkpoint/``. Parameter names
-follow the official release (``downsample_layers.*``, ``stages.i.j.*``, ``norm0..3``), so official
-detection/segmentation checkpoints load without renaming.
+Model math only, read like the official ``models/convnext.py``: sizes are data (``archs.py``),
+mmpretrain's keywords are translated in ``keywords.py``, checkpoint reading and key conversion
+live in ``checkpoint/``. Parameter names follow the official release (``downsample_layers.*``,
+``stages.i.j.*``, ``norm0..3``), so official detection/segmentation checkpoints load unrenamed.
 
 Note:
     We keep activations in NHWC (channels last) from the stem to the outputs: the depthwise conv
@@ -11,20 +11,19 @@ Note:
     dimension, so no block copies its input between layouts. The official code permutes twice per
     block. Only the emitted outputs are copied once to NCHW memory, as mmcv's ops expect. On the
     CPU the block's MLP and its tail (layer scale, residual add) may run as one fast kernel where
-    :meth:`Block.why_not_fast_path` proves it computes the same function; which kernel is
-    decided once per process and shape class, or pinned from a file (``ops.py``, ``tuning.py``).
-    Numerics are the official ones up to float rounding (docs/performance.md). bf16 autocast on
-    a CPU without native bf16 warns once (``machine.py``).
+    ``fast_path.py`` proves it computes the same function; which kernel is decided once per
+    process and shape class, or pinned from a file (``ops.py``, ``tuning.py``). Numerics are
+    the official ones up to float rounding (docs/performance.md). bf16 autocast on a CPU
+    without native bf16 warns once (``machine.py``).
 """
 from typing import Any, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from mmengine.model import BaseModule
 from torch import nn
-from torch.nn.modules import module as module_hooks
 from torch.utils.checkpoint import checkpoint
 
-from . import compat, machine, ops, tuning
+from . import compat, fast_path, machine, ops
 from .archs import ARCH_SETTINGS, LN_EPS, resolve_arch
 from .checkpoint import load_pretrained
 from .keywords import mmpretrain_arguments
@@ -77,13 +76,9 @@ class Block(nn.Module):
     Note:
         On the CPU the part from pwconv1 to the residual add may run as one fast kernel (oneDNN
         products with the bias, GELU or residual add inside, or a cache-blocked MLP; ``ops.py``)
-        instead of the modules one by one. It is taken only when :meth:`why_not_fast_path`
-        proves it computes the same function: pwconv1/pwconv2 exactly ``nn.Linear`` with bias
-        and act exactly ``nn.GELU()`` (no subclass, wrapper, swap or quantized module), no
-        hooks on them nor global module hooks, no tensor subclass, no deterministic mode
-        (``torch.use_deterministic_algorithms``), not under tracing, compile or export, and a
-        dtype oneDNN computes. Otherwise the modules run as written. This is the pattern of
-        ``torch.nn.TransformerEncoderLayer``'s fast path (``torch/nn/modules/transformer.py``).
+        instead of the modules one by one, only where ``fast_path.decide`` proves it computes
+        the same function (:meth:`why_not_fast_path` says why not). Otherwise the modules run
+        as written, as in ``torch.nn.TransformerEncoderLayer``'s fast path.
     """
 
     def __init__(self, dim: int, drop_path: float = 0., layer_scale_init_value: float = 1e-6,
@@ -104,18 +99,22 @@ class Block(nn.Module):
         # A channels-last view of x: the conv reads and writes NHWC memory, no copy.
         x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)    # (N, H, W, C)
         x = self.norm(x)
-        if not self.why_not_fast_path(x):
-            return self._fast_tail(x, shortcut)                       # the same function
-        x = self.pwconv1(x)                                           # (N, H, W, 4C)
-        x = self.act(x)
-        if self.grn is not None:
-            x = self.grn(x)
-        x = self.pwconv2(x)                                           # (N, H, W, C)
-        return layer_scale_drop_path_add(shortcut, x, self.gamma, self._drop_prob())
+        path = fast_path.decide(self, x, shortcut)
+        if path.kind == fast_path.INFERENCE:                          # the same function
+            return ops.residual_mlp(x, *self._pwconv_weights(), shortcut, self.gamma, self.grn)
+        if path.kind == fast_path.TRAINING:                           # the same function
+            x = ops.mlp(x, *self._pwconv_weights(), with_grad=path.with_grad)
+        else:
+            x = self.pwconv1(x)                                       # (N, H, W, 4C)
+            x = self.act(x)
+            if self.grn is not None:
+                x = self.grn(x)
+            x = self.pwconv2(x)                                       # (N, H, W, C)
+        return layer_scale_drop_path_add(shortcut, x, self.gamma, self.drop_prob())
 
     def why_not_fast_path(self, x: torch.Tensor) -> str:
-        """Why the modules after ``norm`` run one by one for input ``x`` ('' when the fast
-        kernel computes the same function and runs instead).
+        """Why the modules after ``norm`` run one by one for input ``x`` ('' when a fast kernel
+        computes the same function and runs instead; see ``fast_path.decide``).
 
         Args:
             x (torch.Tensor): The normed input of pwconv1, (N, H, W, C).
@@ -123,53 +122,14 @@ class Block(nn.Module):
         Returns:
             str: The first condition that fails, or ''.
         """
-        linears = {'pwconv1': self.pwconv1, 'pwconv2': self.pwconv2}
-        if ops.plain_only():
-            return 'tracing, compiling or exporting'
-        if torch.are_deterministic_algorithms_enabled():
-            return 'deterministic algorithms are on (torch.use_deterministic_algorithms)'
-        if tuning.policy() == 'plain':
-            return 'CONVNEXT_FAST_PATHS=plain'
-        if x.device.type != 'cpu':
-            return f'the input is on {x.device.type}, not the CPU'
-        for name, module in linears.items():
-            if type(module) is not nn.Linear:
-                return f'{name} is a {type(module).__name__}, not an nn.Linear'
-            if module.bias is None:
-                return f'{name} has no bias'
-        if type(self.act) is not nn.GELU or self.act.approximate != 'none':
-            return f'act is {self.act!r}, not nn.GELU()'
-        for name, module in (*linears.items(), ('act', self.act)):
-            if _has_hooks(module):
-                return f'{name} has hooks'
-        if _global_module_hooks():
-            return 'global module hooks are registered (torch.nn.modules.module)'
-        params = [p for m in linears.values() for p in (m.weight, m.bias)]
-        if torch.overrides.has_torch_function([x, *params]):
-            return 'an input or weight is a tensor subclass'
-        dtype = compat.autocast_dtype('cpu') if compat.autocast_enabled('cpu') else x.dtype
-        if not ops.mkldnn_linear_available(dtype):
-            return f'oneDNN has no {dtype} kernels here'
-        with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))
-        if with_grad and dtype != torch.float32:
-            return 'gradients under autocast: no training kernel'
-        if self.grn is not None and (with_grad or self._drop_prob() > 0):
-            return 'GRN with gradients or drop path: no training kernel'
-        return ''
+        return fast_path.decide(self, x).reason
 
-    def _fast_tail(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """pwconv1 -> act [-> grn] -> pwconv2 -> layer scale -> drop path -> + shortcut by the
-        kernel that ``ops`` decided for this shape class (see :meth:`why_not_fast_path`)."""
-        weights = (self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias)
-        drop_prob = self._drop_prob()
-        if drop_prob > 0 or (torch.is_grad_enabled() and any(
-                t.requires_grad for t in (x, *weights))):
-            return layer_scale_drop_path_add(shortcut, ops.mlp(x, *weights), self.gamma,
-                                             drop_prob)
-        return ops.residual_mlp(x, *weights, shortcut, self.gamma, mid=self.grn)
-
-    def _drop_prob(self) -> float:
+    def drop_prob(self) -> float:
+        """The drop path probability of this call: the rate in training mode, else 0."""
         return self.drop_path if self.training else 0.
+
+    def _pwconv_weights(self) -> Tuple[torch.Tensor, ...]:
+        return self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias
 
 
 def layer_scale_drop_path_add(shortcut: torch.Tensor, x: torch.Tensor,
@@ -194,19 +154,6 @@ def layer_scale_drop_path_add(shortcut: torch.Tensor, x: torch.Tensor,
         mask = shortcut.new_empty(x.shape[0], 1, 1, 1).bernoulli_(keep).div_(keep)
         scale = mask if gamma is None else gamma * mask               # (N, 1, 1, C)
     return shortcut + x if scale is None else torch.addcmul(shortcut, x, scale)
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    return any(getattr(module, name, None) for name in _HOOK_TABLES)
-
-
-def _global_module_hooks() -> bool:
-    return any(getattr(module_hooks, name, None) for name in _GLOBAL_HOOK_TABLES)
-
-
-# The hook tables of torch.nn.Module (torch/nn/modules/module.py), per module and global.
-_HOOK_TABLES = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks')
-_GLOBAL_HOOK_TABLES = tuple(f'_global{name}' for name in _HOOK_TABLES)
 
 
 @MODELS.register_module()
@@ -319,7 +266,7 @@ class ConvNeXt(BaseModule):
         if min(x.shape[-2:]) < 32:
             raise ValueError(f'input {x.shape[-2]}x{x.shape[-1]} is too small: ConvNeXt '
                              'downsamples by 32, so H and W must be at least 32')
-        if (not ops.plain_only() and x.device.type == 'cpu'
+        if (not fast_path.plain_only() and x.device.type == 'cpu'
                 and torch.bfloat16 in (x.dtype, compat.autocast_dtype('cpu')
                                        if compat.autocast_enabled('cpu') else None)):
             machine.warn_bf16_without_native_support()  # once per process, where bf16 is slow

@@ -1,4 +1,4 @@
-"""The ConvNeXt block's pointwise MLP on the CPU: oneDNN kernels, cache blocking, plain fallbacks.
+"""The ConvNeXt block's pointwise MLP on the CPU: oneDNN kernels, cache blocking, plain ops.
 
 oneDNN (``torch.ops.mkldnn._linear_pointwise``, a private op that PyTorch's own inductor uses on
 CPU) computes a Linear layer with its bias and a following GELU, or a following residual add, inside
@@ -16,13 +16,16 @@ is done on each block while it is in cache too.
 Each way to compute the MLP is a :class:`~.tuning.Kernel` (plain PyTorch ops, oneDNN, oneDNN
 with the residual add fused, cache-blocked with so many rows); which one runs is decided once
 per process and shape class by timing them on this machine, or pinned from a file
-(``convnext_backbone.tuning``), so none is ever kept where it is slower than the plain ops. The
-block calls this module only where its modules are exactly the ones these kernels compute
-(``convnext.Block.why_not_fast_path``). Under tracing, ``torch.compile`` or ONNX export only the
-plain ops run (:func:`plain_only`).
+(``convnext_backbone.tuning``), so none is ever kept where it is slower than the plain ops:
+:func:`residual_mlp` (inference) and :func:`mlp` (training) ask the tuner.
+
+These functions take the inputs as they are: whether the block may call them at all (its
+modules are exactly what these kernels compute, a dtype oneDNN computes, contiguous CPU tensors,
+not tracing, and whether gradients are needed) is decided once per block call, in
+``convnext_backbone.fast_path``.
 """
 import functools
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +33,10 @@ import torch.nn.functional as F
 from . import compat, machine, tuning
 
 __all__ = ['BLOCK_FACTORS', 'ONEDNN', 'ONEDNN_ADD', 'PLAIN', 'block_rows', 'block_sizes',
-           'blocked', 'blocked_mlp', 'blocked_residual_mlp', 'inference_kernels',
-           'inference_shape', 'linear', 'linear_add', 'linear_gelu', 'mkldnn_linear_available',
-           'mlp', 'plain_only', 'residual_mlp', 'run_inference', 'run_training']
-
-
-def plain_only() -> bool:
-    """Whether only plain PyTorch ops may run: under ``torch.jit`` tracing (e.g. FLOP counters),
-    ``torch.compile`` (inductor fuses on its own), ``torch.export`` or ONNX export (no private
-    ops in the graph)."""
-    return (torch.jit.is_tracing() or compat.is_compiling()
-            or compat.is_exporting() or torch.onnx.is_in_onnx_export())
+           'blocked', 'blocked_mlp', 'blocked_residual_mlp', 'compute_dtype',
+           'inference_kernels', 'inference_shape', 'linear', 'linear_add', 'linear_gelu',
+           'mkldnn_linear_available', 'mlp', 'residual_mlp', 'run_inference', 'run_training',
+           'training_kernels', 'training_shape']
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,77 +79,58 @@ def mkldnn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
         return False
 
 
-def _fused_dtype(x: torch.Tensor, *params: Optional[torch.Tensor]) -> Optional[torch.dtype]:
-    """The compute dtype if oneDNN may run these inputs without autograd, else None."""
-    if x.device.type != 'cpu' or x.dtype == torch.float64 or plain_only():
-        # (autocast leaves float64 alone)
-        return None
-    tensors = [t for t in (x, *params) if t is not None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return None
-    dtype = _compute_dtype(x)
-    return dtype if mkldnn_linear_available(dtype) else None
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the products run in: CPU autocast's, else ``x``'s."""
-    return compat.autocast_dtype('cpu') if compat.autocast_enabled('cpu') else x.dtype
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the products run in: CPU autocast's (which leaves float64 alone), else ``x``'s."""
+    if compat.autocast_enabled('cpu') and x.dtype != torch.float64:
+        return compat.autocast_dtype('cpu')
+    return x.dtype
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``linear(x, weight, bias)``, the bias added inside the product when oneDNN may run it.
+    """``linear(x, weight, bias)`` by oneDNN, the bias added inside the product. No autograd.
 
-    Under CPU autocast the product runs in the autocast dtype, as ``F.linear`` would.
+    The product runs in :func:`compute_dtype` (under CPU autocast its dtype, as ``F.linear``
+    would).
 
     Args:
-        x (torch.Tensor): (..., in_features), contiguous.
+        x (torch.Tensor): (..., in_features), contiguous, on the CPU, a dtype for which
+            :func:`mkldnn_linear_available`.
         weight (torch.Tensor): (out_features, in_features).
         bias (torch.Tensor): (out_features,).
 
     Returns:
         torch.Tensor: (..., out_features).
     """
-    return _linear_pointwise(x, weight, bias, gelu=False)
+    dtype = compute_dtype(x)
+    return torch.ops.mkldnn._linear_pointwise(
+        x.to(dtype), weight.to(dtype), bias.to(dtype), 'none', [], '')
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``gelu(linear(x, weight, bias))`` (exact, erf GELU), fused by oneDNN when it may be.
+    """``gelu(linear(x, weight, bias))`` (exact, erf GELU), the GELU inside oneDNN's product.
 
-    Arguments, result and autocast behaviour as :func:`linear`.
+    Arguments, result and dtype as :func:`linear`.
     """
-    return _linear_pointwise(x, weight, bias, gelu=True)
-
-
-def _linear_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                      gelu: bool) -> torch.Tensor:
-    dtype = _fused_dtype(x, weight, bias)
-    if dtype is None:
-        y = F.linear(x, weight, bias)
-        return F.gelu(y) if gelu else y
-    attr, algorithm = ('gelu', 'none') if gelu else ('none', '')
+    dtype = compute_dtype(x)
     return torch.ops.mkldnn._linear_pointwise(
-        x.to(dtype), weight.to(dtype), bias.to(dtype), attr, [], algorithm)
+        x.to(dtype), weight.to(dtype), bias.to(dtype), 'gelu', [], 'none')
 
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                other: torch.Tensor) -> torch.Tensor:
-    """``other + linear(x, weight, bias)``, the add fused into the product when it may be.
-
-    Fused only when ``other`` already has the compute dtype (under bf16 autocast with a float32
-    residual the sum is a separate pass, so it stays float32 as autocast would make it).
+    """``other + linear(x, weight, bias)``, the add inside oneDNN's product. No autograd.
 
     Args:
-        x (torch.Tensor): (..., in_features), contiguous.
+        x (torch.Tensor): (..., in_features), as for :func:`linear`.
         weight (torch.Tensor): (out_features, in_features).
         bias (torch.Tensor): (out_features,).
-        other (torch.Tensor): (..., out_features), the residual, contiguous.
+        other (torch.Tensor): (..., out_features), the residual, contiguous, in the compute
+            dtype (so that the sum has the dtype autocast gives the plain ops).
 
     Returns:
         torch.Tensor: (..., out_features).
     """
-    dtype = _fused_dtype(x, weight, bias, other)
-    if dtype is None or other.dtype != dtype or not other.is_contiguous():
-        return other + linear(x, weight, bias)
+    dtype = compute_dtype(x)
     return torch.ops.mkldnn._linear_pointwise.binary(
         x.to(dtype), other, weight.to(dtype), bias.to(dtype), 'add')
 
@@ -229,7 +206,7 @@ def blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2
     if rows < 1:
         raise ValueError(f'rows={rows!r} must be a positive int')
     op = torch.ops.mkldnn._linear_pointwise
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     w1, b1, w2, b2 = (t.to(dtype) for t in (w1, b1, w2, b2))
     x2 = x.to(dtype).reshape(-1, x.shape[-1])
     res = shortcut.reshape(-1, shortcut.shape[-1])
@@ -267,7 +244,7 @@ def inference_shape(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
     """The :class:`~.tuning.ShapeClass` of a call of :func:`residual_mlp`."""
     return tuning.ShapeClass(
         op='inference', channels=x.shape[-1], hidden=w1.shape[0],
-        dtype=_dtype_name(_compute_dtype(x)), residual=_dtype_name(shortcut.dtype),
+        dtype=_dtype_name(compute_dtype(x)), residual=_dtype_name(shortcut.dtype),
         layer_scale=scale is not None, grn=mid, input_grad=False,
         rows_log2=_rows(x).bit_length(), threads=torch.get_num_threads())
 
@@ -278,11 +255,11 @@ def inference_kernels(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
     ``onednn``; ``onednn_add`` without a layer scale and with the residual in the compute dtype;
     ``blocked`` without ``mid``, for each of :func:`block_sizes`."""
     kernels = [PLAIN, ONEDNN]
-    if scale is None and shortcut.dtype == _compute_dtype(x):
+    if scale is None and shortcut.dtype == compute_dtype(x):
         kernels.append(ONEDNN_ADD)
     if not mid:
         kernels += [blocked(rows) for rows in block_sizes(_rows(x), w1.shape[0],
-                                                          _compute_dtype(x).itemsize)]
+                                                          compute_dtype(x).itemsize)]
     return kernels
 
 
@@ -314,31 +291,26 @@ def run_inference(kernel: tuning.Kernel, x: torch.Tensor, w1: torch.Tensor, b1: 
 
 def residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                  b2: torch.Tensor, shortcut: torch.Tensor, scale: Optional[torch.Tensor] = None,
-                 mid: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 mid_params: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-    """The block's tail ``shortcut + scale * fc2(mid(gelu(fc1(x))))``, by the fastest way here.
+                 mid: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """Inference: the block's tail ``shortcut + scale * fc2(mid(gelu(fc1(x))))`` by the kernel
+    decided for its shape class (:func:`~.tuning.choose` over :func:`inference_kernels`).
 
-    Without autograd on the CPU, in a dtype oneDNN computes: the kernel decided for the shape
-    class (:func:`~.tuning.choose` over :func:`inference_kernels`). Otherwise (gradients,
-    another device, float64, tracing, non-contiguous inputs) the plain ops, autograd correct.
+    No autograd: no input needs a gradient. The inputs are contiguous CPU tensors of a dtype
+    oneDNN computes (``fast_path.decide`` checks all of this).
 
     Args:
         x (torch.Tensor): (..., C), the normed block input.
         w1 (torch.Tensor): (4C, C). b1 (torch.Tensor): (4C,).
         w2 (torch.Tensor): (C, 4C). b2 (torch.Tensor): (C,).
         shortcut (torch.Tensor): (..., C), the residual.
-        scale (torch.Tensor, optional): (C,) or broadcastable, the layer scale; None for 1.
+        scale (torch.Tensor, optional): (C,), the layer scale; None for 1.
         mid (Callable, optional): Applied to the whole hidden tensor (V2's GRN); rules out
             blocking.
-        mid_params (Sequence[torch.Tensor]): ``mid``'s parameters (gradients disable oneDNN).
 
     Returns:
         torch.Tensor: (..., C).
     """
-    dtype = _fused_dtype(x, w1, b1, w2, b2, shortcut, scale, *mid_params)
     args = (x, w1, b1, w2, b2, shortcut, scale, mid)
-    if dtype is None or not (x.is_contiguous() and shortcut.is_contiguous()):
-        return run_inference(PLAIN, *args)
     shape = inference_shape(x, w1, shortcut, scale, mid is not None)
     kernels = inference_kernels(x, w1, shortcut, scale, mid is not None)
     return tuning.choose(shape, kernels, lambda kernel: run_inference(kernel, *args))[1]
@@ -357,75 +329,59 @@ def _onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, 'none', [], '')
 
 
-def _onednn_addmm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``acc + a @ b`` (2-D) by oneDNN, the add inside the product (a new tensor)."""
+def _onednn_addmm(acc: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``acc + a @ b`` (2-D) by oneDNN, the add inside the product (a new tensor); ``acc``
+    None: ``a @ b``."""
+    if acc is None:
+        return _onednn_mm(a, b)
     return torch.ops.mkldnn._linear_pointwise.binary(a, acc, b.t(), None, 'add')
 
 
 class _MLP(torch.autograd.Function):
-    """``linear(gelu(linear(x, w1, b1)), w2, b2)`` on 2-D x with oneDNN products and a hand-written
-    backward: the same formulas as autograd's, but the GELU gradient is written into the buffer
-    of the incoming gradient instead of a new (N, 4C) tensor, one allocation and page-fault pass
-    fewer per block."""
+    """``linear(gelu(linear(x, w1, b1)), w2, b2)`` on 2-D float32 x over blocks of ``rows`` rows,
+    with oneDNN products and a hand-written backward (autograd's formulas).
 
-    @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2):
-        op = torch.ops.mkldnn._linear_pointwise
-        h = op(x, w1, b1, 'none', [], '')                         # (M, 4C)
-        a = F.gelu(h)
-        ctx.save_for_backward(x, w1, w2, h, a)
-        return op(a, w2, b2, 'none', [], '')                      # (M, C)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w1, w2, h, a = ctx.saved_tensors
-        op = torch.ops.mkldnn._linear_pointwise
-        grad = grad.contiguous()
-        grad_a = op(grad, w2.t().contiguous(), None, 'none', [], '')  # (M, 4C)
-        grad_w2, grad_b2 = _onednn_mm(grad.t(), a), grad.sum(0)
-        # d gelu(h) / dh, in place: grad_a is ours alone.
-        grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=grad_a)
-        grad_x = (op(grad_h, w1.t().contiguous(), None, 'none', [], '')
-                  if ctx.needs_input_grad[0] else None)
-        return grad_x, _onednn_mm(grad_h.t(), x), grad_h.sum(0), grad_w2, grad_b2
-
-
-class _BlockedMLP(torch.autograd.Function):
-    """:class:`_MLP` over blocks of rows. Forward: each block's hidden activations are written
-    once (kept for backward), their GELU stays in cache. Backward: per block, the hidden
-    gradient lives in cache only; the weight gradients are summed over the blocks."""
+    Forward: each block's pre-GELU activations are written once (kept for backward); their GELU
+    stays in cache. Backward, per block: the GELU is computed again from them and the hidden
+    gradient lives in cache only, written into the buffer of the incoming one (no new (rows, 4C)
+    tensor); the weight gradients are summed over the blocks. One block of all rows is the
+    'onednn' kernel: nothing is copied or summed, and its GELU is kept for backward instead of
+    computed again (as fast as a kernel of its own, measured on the 2-core EPYC).
+    """
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, rows):
         op = torch.ops.mkldnn._linear_pointwise
-        m = x.shape[0]
-        h = torch.empty(m, w1.shape[0], dtype=x.dtype)
-        out = torch.empty(m, w2.shape[0], dtype=x.dtype)
-        for i in range(0, m, rows):
-            h[i:i + rows] = op(x[i:i + rows], w1, b1, 'none', [], '')
-            out[i:i + rows] = op(F.gelu(h[i:i + rows]), w2, b2, 'none', [], '')
-        ctx.save_for_backward(x, w1, w2, h)
-        ctx.rows = rows
-        return out
+        hidden, outs = [], []
+        for i in range(0, x.shape[0], rows):
+            hidden.append(op(x[i:i + rows], w1, b1, 'none', [], ''))         # (rows, 4C)
+            gelu = F.gelu(hidden[-1])                                          # in cache
+            outs.append(op(gelu, w2, b2, 'none', [], ''))                    # (rows, C)
+        # One block: its GELU is kept too, not computed again in backward.
+        ctx.save_for_backward(x, w1, w2, *hidden, *([gelu] if len(hidden) == 1 else []))
+        ctx.rows, ctx.blocks = rows, len(hidden)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     @staticmethod
     def backward(ctx, grad):
-        x, w1, w2, h = ctx.saved_tensors
+        x, w1, w2, *saved = ctx.saved_tensors
+        hidden, gelus = saved[:ctx.blocks], saved[ctx.blocks:] or [None] * ctx.blocks
         op = torch.ops.mkldnn._linear_pointwise
         grad = grad.contiguous()
         w1t, w2t = w1.t().contiguous(), w2.t().contiguous()
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
-        grad_b1 = torch.zeros(w1.shape[0], dtype=x.dtype)
-        for i in range(0, x.shape[0], ctx.rows):
-            g, hb = grad[i:i + ctx.rows], h[i:i + ctx.rows]
-            grad_a = op(g, w2t, None, 'none', [], '')                       # (rows, 4C)
-            grad_w2 = _onednn_addmm(grad_w2, g.t(), F.gelu(hb))
-            grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, hb, grad_input=grad_a)
-            if grad_x is not None:
-                grad_x[i:i + ctx.rows] = op(grad_h, w1t, None, 'none', [], '')
+        grad_xs = []
+        grad_w1 = grad_b1 = grad_w2 = None
+        for i, h, a in zip(range(0, x.shape[0], ctx.rows), hidden, gelus):
+            g = grad[i:i + ctx.rows]
+            grad_a = op(g, w2t, None, 'none', [], '')                         # (rows, 4C)
+            grad_w2 = _onednn_addmm(grad_w2, g.t(), F.gelu(h) if a is None else a)
+            # d gelu(h) / dh, in place: grad_a is ours alone.
+            grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=grad_a)
+            if ctx.needs_input_grad[0]:
+                grad_xs.append(op(grad_h, w1t, None, 'none', [], ''))
             grad_w1 = _onednn_addmm(grad_w1, grad_h.t(), x[i:i + ctx.rows])
-            grad_b1.add_(grad_h.sum(0))
+            grad_b1 = grad_h.sum(0) if grad_b1 is None else grad_b1.add_(grad_h.sum(0))
+        grad_x = (grad_xs[0] if len(grad_xs) == 1 else torch.cat(grad_xs)) if grad_xs else None
         return grad_x, grad_w1, grad_b1, grad_w2, grad.sum(0), None
 
 
@@ -440,47 +396,69 @@ def blocked_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
         x (torch.Tensor): (..., C), contiguous.
         w1 (torch.Tensor): (4C, C). b1 (torch.Tensor): (4C,).
         w2 (torch.Tensor): (C, 4C). b2 (torch.Tensor): (C,).
-        rows (int): Rows per block, >= 1.
+        rows (int): Rows per block, >= 1; at least all rows: one block.
 
     Returns:
         torch.Tensor: (..., C).
     """
     if rows < 1:
         raise ValueError(f'rows={rows!r} must be a positive int')
-    out = _BlockedMLP.apply(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2, rows)
+    out = _MLP.apply(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2, rows)
     return out.view(*x.shape[:-1], w2.shape[0])
 
 
-def _plain_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-               b2: torch.Tensor) -> torch.Tensor:
-    return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+def training_shape(x: torch.Tensor, w1: torch.Tensor) -> tuning.ShapeClass:
+    """The :class:`~.tuning.ShapeClass` of a call of :func:`mlp`."""
+    return tuning.ShapeClass(
+        op='training', channels=x.shape[-1], hidden=w1.shape[0], dtype=_dtype_name(x.dtype),
+        residual='', layer_scale=False, grn=False, input_grad=x.requires_grad,
+        rows_log2=_rows(x).bit_length(), threads=torch.get_num_threads())
+
+
+def training_kernels(x: torch.Tensor, w1: torch.Tensor) -> List[tuning.Kernel]:
+    """The kernels that may compute a call of :func:`mlp`, plain first: ``plain``, ``onednn``
+    and ``blocked`` for each of :func:`block_sizes`."""
+    return [PLAIN, ONEDNN] + [blocked(rows) for rows in block_sizes(_rows(x), w1.shape[0],
+                                                                     x.element_size())]
 
 
 def run_training(kernel: tuning.Kernel, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
                  w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    """``fc2(gelu(fc1(x)))`` with autograd, computed by ``kernel``: ``plain``, ``onednn``
-    (:class:`_MLP`: oneDNN forward products, a hand-written backward) or ``blocked``
-    (:func:`blocked_mlp`)."""
+    """``fc2(gelu(fc1(x)))`` with autograd, computed by ``kernel``: ``plain`` (autograd's),
+    ``onednn`` (:class:`_MLP` over one block of all rows) or ``blocked`` (:func:`blocked_mlp`).
+    """
     if kernel == PLAIN:
-        return _plain_mlp(x, w1, b1, w2, b2)
+        return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
     if kernel == ONEDNN:
-        out = _MLP.apply(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2)
-        return out.view(*x.shape[:-1], w2.shape[0])
+        return blocked_mlp(x, w1, b1, w2, b2, rows=max(_rows(x), 1))
     if kernel.name == 'blocked':
         return blocked_mlp(x, w1, b1, w2, b2, rows=kernel.rows)
     raise ValueError(f'kernel {kernel} cannot compute a training MLP')
 
 
-def _training_mlp(x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The training MLP by the kernel decided for x's shape class: timed forward + backward on
-    detached copies the first time (the weights' gradients are not touched)."""
-    shape = tuning.ShapeClass(
-        op='training', channels=x.shape[-1], hidden=params[0].shape[0],
-        dtype=_dtype_name(x.dtype), residual='', layer_scale=False, grn=False,
-        input_grad=x.requires_grad, rows_log2=_rows(x).bit_length(),
-        threads=torch.get_num_threads())
-    kernels = [PLAIN, ONEDNN] + [blocked(rows) for rows in block_sizes(
-        _rows(x), params[0].shape[0], x.element_size())]
+def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+        b2: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    """Training: the block's ``fc2(gelu(fc1(x)))`` by the kernel decided for its shape class.
+
+    With gradients: the fastest of :func:`training_kernels`, decided by timing a forward and
+    backward on detached copies the first time (the weights' gradients are not touched).
+    Without (a block in training mode under ``torch.no_grad``, for its drop path): the oneDNN
+    products, nothing to time a backward on. The inputs are contiguous float32 CPU tensors, no
+    autocast (``fast_path.decide`` checks all of this).
+
+    Args:
+        x (torch.Tensor): (..., C), the normed block input.
+        w1 (torch.Tensor): (4C, C). b1 (torch.Tensor): (4C,).
+        w2 (torch.Tensor): (C, 4C). b2 (torch.Tensor): (C,).
+        with_grad (bool): Whether ``x`` or a weight needs a gradient. Defaults to True.
+
+    Returns:
+        torch.Tensor: (..., C).
+    """
+    if not with_grad:
+        return linear(linear_gelu(x, w1, b1), w2, b2)
+    params = (w1, b1, w2, b2)
+    shape, kernels = training_shape(x, w1), training_kernels(x, w1)
     if tuning.decided(shape) is not None or tuning.policy() != 'auto':
         return tuning.choose(shape, kernels, lambda k: run_training(k, x, *params))[1]
 
@@ -494,30 +472,3 @@ def _training_mlp(x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tens
 
     kernel, _ = tuning.choose(shape, kernels, probe)
     return run_training(kernel, x, *params)
-
-
-def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-        b2: torch.Tensor) -> torch.Tensor:
-    """The block's ``linear(gelu(linear(x, w1, b1)), w2, b2)``, with oneDNN where it may run.
-
-    Without gradients: :func:`linear_gelu` then :func:`linear`. With gradients (float32 CPU
-    tensors, no autocast, not tracing): the fastest of the plain ops, an autograd function with
-    oneDNN forward products and :func:`blocked_mlp`, chosen for the shape class by timing a
-    forward and backward once per process. Otherwise the plain ops.
-
-    Args:
-        x (torch.Tensor): (..., C), contiguous.
-        w1 (torch.Tensor): (4C, C). b1 (torch.Tensor): (4C,).
-        w2 (torch.Tensor): (C, 4C). b2 (torch.Tensor): (C,).
-
-    Returns:
-        torch.Tensor: (..., C).
-    """
-    params = (w1, b1, w2, b2)
-    if _fused_dtype(x, *params) is not None:
-        return linear(linear_gelu(x, w1, b1), w2, b2)
-    if (x.device.type != 'cpu' or plain_only() or compat.autocast_enabled('cpu')
-            or any(t.dtype != torch.float32 for t in (x, *params))
-            or not mkldnn_linear_available(torch.float32) or not x.is_contiguous()):
-        return _plain_mlp(x, *params)
-    return _training_mlp(x, params)

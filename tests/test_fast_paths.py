@@ -1,5 +1,11 @@
-"""Fast paths agree with the plain reference: oneDNN products, blocked MLPs, bf16, compile."""
+"""Fast paths agree with the plain reference: oneDNN products, blocked MLPs, bf16, compile.
+
+A test of a kernel pins it (a decisions file, or ``ops.run_inference`` / ``ops.run_training``
+with that kernel) and checks, through the ``ran`` fixture, that it is what ran, the training
+backward included, not silently the plain ops.
+"""
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -7,13 +13,69 @@ import torch
 import torch.nn.functional as F
 from reference import RefConvNeXt, randomise_
 
-from convnext_backbone import ConvNeXt, ops
+from convnext_backbone import ConvNeXt, ops, tuning
 
 pytestmark = pytest.mark.core
 
 V1 = dict(depths=(2, 1, 3, 1), dims=(16, 24, 32, 48))
 V2 = dict(V1, use_grn=True)
+BLOCKS = sum(V1['depths'])
 ARCHS = pytest.mark.parametrize('arch', [V1, V2], ids=['v1', 'v2'])
+ONEDNN = pytest.mark.skipif(not ops.mkldnn_linear_available(torch.float32),
+                            reason='no oneDNN here: only the plain ops exist')
+
+
+@pytest.fixture(autouse=True)
+def _fresh_decisions():
+    tuning.reset()
+    yield
+    tuning.reset()
+
+
+@pytest.fixture
+def ran(monkeypatch):
+    """``(name, rows per block, rows)`` of every call of ops' oneDNN entry points and of the
+    training kernels' backward, in order (rows 0 where there are no blocks)."""
+    calls = []
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            if name.startswith('blocked'):
+                x, rows = args[0], kwargs.get('rows', args[-1])
+                calls.append((name, rows, x.numel() // x.shape[-1]))
+            else:
+                calls.append((name, 0, 0))
+            return real(*args, **kwargs)
+        return call
+
+    for name in ('linear', 'linear_gelu', 'linear_add', 'blocked_residual_mlp', 'blocked_mlp'):
+        monkeypatch.setattr(ops, name, spy(name, getattr(ops, name)))
+    backward = ops._MLP.backward
+
+    def spy_backward(ctx, grad):
+        calls.append(('backward', ctx.rows, grad.shape[0]))
+        return backward(ctx, grad)
+
+    monkeypatch.setattr(ops._MLP, 'backward', staticmethod(spy_backward))
+    return calls
+
+
+def _names(calls):
+    return {name for name, _, _ in calls}
+
+
+def _pin_every_class(tmp_path, run, kernel):
+    """A decisions file naming ``kernel`` for every shape class ``run()`` decides."""
+    with tuning.use_policy('auto'):
+        run()
+    path = tmp_path / f'{kernel.name}.json'
+    tuning.save(str(path))
+    data = json.loads(path.read_text())
+    for entry in data['decisions']:
+        entry['kernel'] = dataclasses.asdict(kernel)
+    path.write_text(json.dumps(data))
+    tuning.reset()
+    return str(path)
 
 
 def _pair(arch, seed=0):
@@ -35,17 +97,67 @@ def _loss(outs):
     return sum((o.float() * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
 
 
-@ARCHS
-def test_inference_matches_reference(arch):
+#: What each inference kernel calls per block (the plain one: no oneDNN at all).
+INFERENCE_CALLS = {'plain': set(), 'onednn': {'linear_gelu', 'linear'},
+                   'onednn_add': {'linear_gelu', 'linear_add'}, 'blocked': {'blocked_residual_mlp'}}
+
+
+@pytest.mark.parametrize('arch,kernel', [
+    (V1, ops.PLAIN), (V1, ops.ONEDNN), (V1, ops.blocked(16)),
+    (V2, ops.PLAIN), (V2, ops.ONEDNN), (V2, ops.ONEDNN_ADD),  # V2: no layer scale, GRN: no blocks
+], ids=['v1-plain', 'v1-onednn', 'v1-blocked', 'v2-plain', 'v2-onednn', 'v2-onednn_add'])
+def test_inference_by_each_kernel_matches_reference(arch, kernel, ran, tmp_path, monkeypatch):
+    if kernel != ops.PLAIN and not ops.mkldnn_linear_available(torch.float32):
+        pytest.skip('no oneDNN here: only the plain ops exist')
+    monkeypatch.setattr(ops, 'block_sizes', lambda *args: [16])  # a candidate in every stage
     model, ref = _pair(arch)
     model.eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
-        assert _rel(model(x), ref(x)) < 1e-5
+        pinned = _pin_every_class(tmp_path, lambda: model(x), kernel)
+        ran.clear()
+        with tuning.use_policy(pinned):
+            outs = model(x)
+        expected = ref(x)
+    decisions = tuning.decisions()
+    assert {(s.op, d.kernel, d.source) for s, d in decisions.items()} == {
+        ('inference', kernel, 'pinned')}
+    assert _names(ran) == INFERENCE_CALLS[kernel.name]
+    assert len(ran) == BLOCKS * len(INFERENCE_CALLS[kernel.name])  # in every block
+    assert all(rows == kernel.rows for name, rows, _ in ran if name.startswith('blocked'))
+    assert _rel(outs, expected) < 1e-5
+
+
+@pytest.mark.parametrize('kernel', [ops.PLAIN, ops.ONEDNN, ops.blocked(16)], ids=str)
+def test_training_by_each_kernel_matches_reference_gradients(kernel, ran, tmp_path, monkeypatch):
+    if kernel != ops.PLAIN and not ops.mkldnn_linear_available(torch.float32):
+        pytest.skip('no oneDNN here: only the plain ops exist')
+    monkeypatch.setattr(ops, 'block_sizes', lambda *args: [16])  # a candidate in every stage
+    model, ref = _pair(V1)
+    x = torch.randn(2, 3, 64, 64)
+    pinned = _pin_every_class(
+        tmp_path, lambda: _loss(copy.deepcopy(model).train()(x)).backward(), kernel)
+    ran.clear()
+    with tuning.use_policy(pinned):
+        _loss(model.train()(x)).backward()
+    _loss(ref.train()(x)).backward()
+    assert {(s.op, d.kernel, d.source) for s, d in tuning.decisions().items()} == {
+        ('training', kernel, 'pinned')}
+    if kernel == ops.PLAIN:
+        assert ran == []
+    else:  # each block's forward and backward ran the kernel, in blocks of its rows
+        assert sorted(name for name, _, _ in ran) == ['backward'] * BLOCKS + [
+            'blocked_mlp'] * BLOCKS
+        for _, rows, total in ran:
+            assert rows >= total if kernel == ops.ONEDNN else rows == kernel.rows
+    grads = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        expected = grads[name].grad
+        assert (p.grad - expected).norm() / expected.norm() < 1e-4, name
 
 
 @ARCHS
-def test_training_gradients_match_reference(arch):
+def test_training_gradients_match_reference_under_the_kernels_chosen_here(arch):
     model, ref = _pair(arch)
     x = torch.randn(2, 3, 64, 64)
     _loss(model.train()(x)).backward()
@@ -56,47 +168,48 @@ def test_training_gradients_match_reference(arch):
         assert (p.grad - expected).norm() / expected.norm() < 1e-4, name
 
 
+#: The training kernels, on 3 * 5 * 7 = 105 rows: blocks of 7 and 16 leave a partial last block,
+#: 1000 is one block.
+TRAINING_KERNELS = [ops.PLAIN, ops.ONEDNN, ops.blocked(1), ops.blocked(7), ops.blocked(16),
+                    ops.blocked(1000)]
+
+
+@pytest.mark.parametrize('kernel', TRAINING_KERNELS, ids=str)
 @pytest.mark.parametrize('input_grad', [True, False])
-def test_mlp_autograd_function_matches_plain_ops(input_grad):
+def test_each_training_kernel_runs_its_own_forward_and_backward(kernel, input_grad, ran):
+    if kernel != ops.PLAIN and not ops.mkldnn_linear_available(torch.float32):
+        pytest.skip('no oneDNN here: only the plain ops exist')
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 7, 8, generator=gen).requires_grad_(input_grad)
-    params = [torch.randn(shape, generator=gen).requires_grad_()
-              for shape in ((32, 8), (32,), (8, 32), (8,))]
-    grad = torch.randn(2, 5, 7, 8, generator=gen)
+    x = torch.randn(3, 5, 7, 12, generator=gen).requires_grad_(input_grad)
+    params = _mlp_params(12, gen, requires_grad=True)
+    grad = torch.randn(3, 5, 7, 12, generator=gen)
     inputs = [x] + params if input_grad else params
-    got = ops.mlp(x, *params)
+    got = ops.run_training(kernel, x, *params)
     got_grads = torch.autograd.grad(got, inputs, grad)
-    w1, b1, w2, b2 = params
-    expected = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+    expected = F.linear(F.gelu(F.linear(x, *params[:2])), *params[2:])
     expected_grads = torch.autograd.grad(expected, inputs, grad)
-    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    rows = {'plain': 0, 'onednn': 105}.get(kernel.name, kernel.rows)
+    assert ran == ([] if kernel == ops.PLAIN else
+                   [('blocked_mlp', rows, 105), ('backward', rows, 105)])
+    assert (got - expected).norm() / expected.norm() < 1e-5
     for a, b in zip(got_grads, expected_grads):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert (a - b).norm() / b.norm() < 1e-5
 
 
+@ONEDNN
 @pytest.mark.parametrize('fn,args', [
     (ops.linear, ()), (ops.linear_gelu, ()), (ops.linear_add, ('other',))])
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-def test_fused_linear_ops_equal_plain_ops_or_fall_back(fn, args, dtype):
+def test_onednn_linear_ops_equal_the_plain_ops(fn, args):
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 4, 8, generator=gen, dtype=dtype)
-    weight, bias = torch.randn(16, 8, generator=gen, dtype=dtype), torch.randn(16, dtype=dtype)
-    other = torch.randn(3, 4, 16, generator=gen, dtype=dtype)
+    x = torch.randn(3, 4, 8, generator=gen)
+    weight, bias = torch.randn(16, 8, generator=gen), torch.randn(16)
+    other = torch.randn(3, 4, 16, generator=gen)
     expected = F.linear(x, weight, bias)
     expected = {ops.linear: expected, ops.linear_gelu: F.gelu(expected),
                 ops.linear_add: other + expected}[fn]
     with torch.no_grad():
         got = fn(x, weight, bias, *[other for _ in args])
-    assert got.dtype == dtype  # float64 has no oneDNN kernel: the plain ops ran
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_fused_linear_ops_keep_autograd_when_gradients_are_needed():
-    x = torch.randn(4, 8, requires_grad=True)
-    weight, bias = torch.randn(16, 8), torch.randn(16)
-    ops.linear_gelu(x, weight, bias).sum().backward()
-    expected = torch.autograd.grad(F.gelu(F.linear(x, weight, bias)).sum(), x)[0]
-    assert torch.allclose(x.grad, expected, atol=1e-6)
 
 
 def test_oneDNN_probe_answers_per_dtype():
@@ -165,35 +278,27 @@ def _mlp_params(channels, gen, requires_grad=False):
     return [torch.randn(shape, generator=gen).requires_grad_(requires_grad) for shape in shapes]
 
 
-@pytest.mark.parametrize('rows', [1, 7, 16, 1000])
-@pytest.mark.parametrize('input_grad', [True, False])
-def test_blocked_mlp_outputs_and_gradients_equal_the_plain_ops(rows, input_grad):
-    # 3 * 5 * 7 = 105 rows: blocks of 7 and 16 leave a partial last block; 1000 is one block.
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 5, 7, 12, generator=gen).requires_grad_(input_grad)
-    params = _mlp_params(12, gen, requires_grad=True)
-    grad = torch.randn(3, 5, 7, 12, generator=gen)
-    inputs = [x] + params if input_grad else params
-    got = ops.blocked_mlp(x, *params, rows=rows)
-    got_grads = torch.autograd.grad(got, inputs, grad)
-    expected = F.linear(F.gelu(F.linear(x, *params[:2])), *params[2:])
-    expected_grads = torch.autograd.grad(expected, inputs, grad)
-    assert (got - expected).norm() / expected.norm() < 1e-5
-    for a, b in zip(got_grads, expected_grads):
-        assert (a - b).norm() / b.norm() < 1e-5
-
-
-@pytest.mark.parametrize('rows', [3, 64])
+@pytest.mark.parametrize('kernel', [ops.PLAIN, ops.ONEDNN, ops.ONEDNN_ADD, ops.blocked(3),
+                                    ops.blocked(64)], ids=str)
 @pytest.mark.parametrize('with_scale', [True, False], ids=['gamma', 'no scale'])
-def test_blocked_residual_mlp_equals_the_plain_block_tail(rows, with_scale):
+def test_each_inference_kernel_runs_itself_and_equals_the_plain_block_tail(kernel, with_scale,
+                                                                           ran):
+    if kernel != ops.PLAIN and not ops.mkldnn_linear_available(torch.float32):
+        pytest.skip('no oneDNN here: only the plain ops exist')
     gen = torch.Generator().manual_seed(0)
     x, shortcut = torch.randn(2, 3, 11, 20, generator=gen), torch.randn(2, 3, 11, 20, generator=gen)
     params = _mlp_params(20, gen)
     scale = torch.rand(20, generator=gen) if with_scale else None
     expected = F.linear(F.gelu(F.linear(x, *params[:2])), *params[2:])
     expected = shortcut + (expected * scale if with_scale else expected)
+    if kernel == ops.ONEDNN_ADD and with_scale:  # not a candidate with a layer scale
+        with pytest.raises(ValueError, match='cannot compute this block tail'):
+            ops.run_inference(kernel, x, *params, shortcut, scale)
+        return
     with torch.no_grad():
-        got = ops.blocked_residual_mlp(x, *params, shortcut, scale, rows=rows)
+        got = ops.run_inference(kernel, x, *params, shortcut, scale)
+    assert {(name, rows) for name, rows, _ in ran} == {
+        (name, kernel.rows) for name in INFERENCE_CALLS[kernel.name]}
     assert got.shape == expected.shape
     assert (got - expected).norm() / expected.norm() < 1e-5
 

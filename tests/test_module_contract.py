@@ -14,7 +14,7 @@ from helpers import ROOT
 from reference import RefConvNeXt, randomise_
 from torch import nn
 
-from convnext_backbone import ConvNeXt, ops, tuning
+from convnext_backbone import ConvNeXt, fast_path, ops, tuning
 
 pytestmark = pytest.mark.core
 
@@ -246,6 +246,44 @@ def test_each_guard_condition_runs_the_modules_as_written(case):
     assert tuning.decisions() == {}  # no kernel was chosen: the modules ran
     assert _rel([o.as_subclass(torch.Tensor) for o in outs], ref.eval()(
         x.as_subclass(torch.Tensor))) < 1e-5
+
+
+# -- the one decision: which path the block's tail takes -------------------------------------------
+@ONEDNN
+def test_the_path_follows_gradients_drop_path_and_grn():
+    v1, v2 = _pair(V1)[0].stages[0][0].eval(), _pair(V2)[0].stages[0][0].eval()
+    x = torch.randn(1, 16, 16, 16)
+    with torch.no_grad():
+        assert fast_path.decide(v1, x) == (fast_path.INFERENCE, '', False)
+        assert fast_path.decide(v2, x) == (fast_path.INFERENCE, '', False)  # GRN in the kernel
+        for block in (v1, v2):
+            block.train().drop_path = 0.1     # a drop path, nothing needs a gradient
+        assert fast_path.decide(v1, x) == (fast_path.TRAINING, '', False)
+        assert 'GRN with gradients or drop path' in fast_path.decide(v2, x).reason
+    v1.drop_path = v2.drop_path = 0.
+    grad_x = x.clone().requires_grad_()
+    assert fast_path.decide(v1, grad_x) == (fast_path.TRAINING, '', True)
+    assert 'GRN with gradients' in fast_path.decide(v2, grad_x).reason
+    with torch.autocast('cpu', torch.bfloat16):
+        assert 'no training kernel' in fast_path.decide(v1, grad_x).reason
+    assert 'not contiguous' in fast_path.decide(v1, x.transpose(1, 2)).reason
+    assert v1.why_not_fast_path(x.double()) == 'oneDNN has no torch.float64 kernels here'
+
+
+@pytest.mark.parametrize('mode', ['eval', 'train'])
+def test_a_layer_scale_trained_alone_gets_its_gradient(mode):
+    model, ref = _pair(V1)
+    for net in (model, ref):
+        for name, p in net.named_parameters():
+            p.requires_grad_(name.endswith('gamma'))
+        getattr(net, mode)()
+    x = torch.randn(1, 3, 64, 64)
+    for net in (model, ref):
+        sum((o * o).mean() for o in net(x)).backward()
+    expected = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        if name.endswith('gamma'):
+            assert (p.grad - expected[name].grad).norm() / expected[name].grad.norm() < 1e-4, name
 
 
 @ONEDNN

@@ -124,6 +124,10 @@ def test_training_choice_times_forward_and_backward_without_touching_the_weights
     if not ops.mkldnn_linear_available(torch.float32):
         pytest.skip('no oneDNN: only the plain ops exist here')
     monkeypatch.setattr(ops, 'block_sizes', lambda *args, **kwargs: [16])
+    backward_rows = []
+    backward = ops._MLP.backward
+    monkeypatch.setattr(ops._MLP, 'backward', staticmethod(
+        lambda ctx, grad: backward_rows.append(ctx.rows) or backward(ctx, grad)))
     x, params, _, _ = _inputs(rows=50)
     x.requires_grad_()
     for p in params:
@@ -132,6 +136,9 @@ def test_training_choice_times_forward_and_backward_without_touching_the_weights
     ((shape, decision),) = tuning.decisions().items()
     assert shape.op == 'training' and shape.input_grad
     assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.blocked(16)}
+    # every round ran the backward of each fast candidate: onednn (one block of 50 rows), blocked
+    assert sorted(set(backward_rows)) == [16, 50]
+    assert len(backward_rows) == 2 * (tuning.ROUNDS + 1)
     assert decision.kernel in decision.seconds
     assert x.grad is None and all(p.grad is None for p in params)
     out.sum().backward()

@@ -1,0 +1,127 @@
+"""May the block's tail run as one fast kernel? The guard, and the one decision of its path.
+
+A ConvNeXt block's tail (pwconv1 -> act [-> grn] -> pwconv2 -> layer scale -> drop path -> +
+shortcut) takes one of three paths, decided once per block call by :func:`decide`:
+
+- ``'inference'``: no tensor needs a gradient and no drop path: the whole tail by the inference
+  kernel decided for its shape class (``ops.residual_mlp``);
+- ``'training'``: pwconv1 -> act -> pwconv2 by the training kernel decided for its shape class
+  (``ops.mlp``), with autograd; the tail after it is the block's own;
+- ``'modules'``: the block's modules run as written.
+
+A kernel runs only where every condition below proves that it computes the same function as the
+modules: pwconv1/pwconv2 exactly ``nn.Linear`` with bias and act exactly ``nn.GELU()`` (no
+subclass, wrapper, swap or quantized module), no hooks on them nor global module hooks, no tensor
+subclass, no deterministic mode (``torch.use_deterministic_algorithms``), not under tracing,
+compile or export, the ``plain`` policy not set, contiguous CPU tensors of a dtype oneDNN
+computes; with gradients, float32 without autocast and no GRN. This is the pattern of
+``torch.nn.TransformerEncoderLayer``'s fast path (``torch/nn/modules/transformer.py``).
+"""
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+from torch.nn.modules import module as module_hooks
+
+from . import compat, ops, tuning
+
+__all__ = ['INFERENCE', 'MODULES', 'TRAINING', 'Path', 'decide', 'has_hooks',
+           'global_module_hooks', 'plain_only']
+
+INFERENCE, TRAINING, MODULES = 'inference', 'training', 'modules'
+
+# The hook tables of torch.nn.Module (torch/nn/modules/module.py), per module and global.
+_HOOK_TABLES = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks')
+_GLOBAL_HOOK_TABLES = tuple(f'_global{name}' for name in _HOOK_TABLES)
+
+
+class Path(NamedTuple):
+    """The path of one block call.
+
+    Attributes:
+        kind (str): :data:`INFERENCE`, :data:`TRAINING` or :data:`MODULES`.
+        reason (str): Why the modules run (the first condition that fails); '' otherwise.
+        with_grad (bool): Whether the input or a weight of pwconv1/pwconv2 needs a gradient.
+    """
+    kind: str
+    reason: str = ''
+    with_grad: bool = False
+
+
+def plain_only() -> bool:
+    """Whether only plain PyTorch ops may run: under ``torch.jit`` tracing (e.g. FLOP counters),
+    ``torch.compile`` (inductor fuses on its own), ``torch.export`` or ONNX export (no private
+    ops in the graph)."""
+    return (torch.jit.is_tracing() or compat.is_compiling()
+            or compat.is_exporting() or torch.onnx.is_in_onnx_export())
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward, pre-forward or backward hooks."""
+    return any(getattr(module, name, None) for name in _HOOK_TABLES)
+
+
+def global_module_hooks() -> bool:
+    """Whether hooks for every module are registered (``register_module_forward_hook`` ...)."""
+    return any(getattr(module_hooks, name, None) for name in _GLOBAL_HOOK_TABLES)
+
+
+def decide(block: nn.Module, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> Path:
+    """The path of a block's tail for this call; whether gradients are needed is checked here
+    once.
+
+    Args:
+        block (nn.Module): A ``convnext.Block`` (pwconv1, act, grn, pwconv2, gamma, drop path).
+        x (torch.Tensor): The normed input of pwconv1, (N, H, W, C).
+        shortcut (torch.Tensor, optional): The block input, (N, H, W, C). Defaults to ``x``.
+
+    Returns:
+        Path: The kind of path, and for the modules the first condition that fails.
+    """
+    shortcut = x if shortcut is None else shortcut
+    linears = {'pwconv1': block.pwconv1, 'pwconv2': block.pwconv2}
+    if plain_only():
+        return Path(MODULES, 'tracing, compiling or exporting')
+    if torch.are_deterministic_algorithms_enabled():
+        return Path(MODULES, 'deterministic algorithms are on (torch.use_deterministic_algorithms)')
+    if tuning.policy() == 'plain':
+        return Path(MODULES, 'CONVNEXT_FAST_PATHS=plain')
+    if x.device.type != 'cpu':
+        return Path(MODULES, f'the input is on {x.device.type}, not the CPU')
+    for name, module in linears.items():
+        if type(module) is not nn.Linear:
+            return Path(MODULES, f'{name} is a {type(module).__name__}, not an nn.Linear')
+        if module.bias is None:
+            return Path(MODULES, f'{name} has no bias')
+    if type(block.act) is not nn.GELU or block.act.approximate != 'none':
+        return Path(MODULES, f'act is {block.act!r}, not nn.GELU()')
+    for name, module in (*linears.items(), ('act', block.act)):
+        if has_hooks(module):
+            return Path(MODULES, f'{name} has hooks')
+    if global_module_hooks():
+        return Path(MODULES, 'global module hooks are registered (torch.nn.modules.module)')
+    params = [p for m in linears.values() for p in (m.weight, m.bias)]
+    if torch.overrides.has_torch_function([x, shortcut, *params]):
+        return Path(MODULES, 'an input or weight is a tensor subclass')
+    dtype = ops.compute_dtype(x)
+    if not ops.mkldnn_linear_available(dtype):
+        return Path(MODULES, f'oneDNN has no {dtype} kernels here')
+    if not (x.is_contiguous() and shortcut.is_contiguous()):
+        return Path(MODULES, 'the input or the residual is not contiguous')
+    # The one gradient check of the call: the MLP's tensors, then those of the tail after it.
+    grad_mode = torch.is_grad_enabled()
+    with_grad = grad_mode and any(t.requires_grad for t in (x, *params))
+    tail_grad = with_grad or grad_mode and any(
+        p.requires_grad for p in (shortcut, block.gamma, *_grn_params(block)) if p is not None)
+    if not (tail_grad or block.drop_prob() > 0):
+        return Path(INFERENCE)
+    if with_grad and (dtype != torch.float32 or any(p.dtype != dtype for p in params)):
+        return Path(MODULES, 'gradients under autocast or outside float32: no training kernel',
+                    with_grad)
+    if block.grn is not None:
+        return Path(MODULES, 'GRN with gradients or drop path: no training kernel', with_grad)
+    return Path(TRAINING, '', with_grad)
+
+
+def _grn_params(block: nn.Module) -> tuple:
+    return () if block.grn is None else tuple(block.grn.parameters())
