@@ -111,8 +111,8 @@ def decide(block: nn.Module, x: torch.Tensor, shortcut: Optional[torch.Tensor] =
     # The one gradient check of the call: the MLP's tensors, then those of the tail after it.
     grad_mode = torch.is_grad_enabled()
     with_grad = grad_mode and any(t.requires_grad for t in (x, *params))
-    tail_grad = with_grad or grad_mode and any(
-        p.requires_grad for p in (shortcut, block.gamma, *_grn_params(block)) if p is not None)
+    tail_grad = with_grad or (grad_mode and any(
+        p.requires_grad for p in (shortcut, block.gamma, *_grn_params(block)) if p is not None))
     if not (tail_grad or block.drop_prob() > 0):
         return Path(INFERENCE)
     if with_grad and (dtype != torch.float32 or any(p.dtype != dtype for p in params)):
