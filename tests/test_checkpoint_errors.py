@@ -18,10 +18,6 @@ def small_checkpoint(tmp_path):
     return path
 
 
-
-    return path
-
-
 @pytest.mark.parametrize('make, message', [
     (lambda p: p.parent / 'nowhere.pth', 'checkpoint not found: {path}$'),
     (lambda p: truncate(p), r'cannot read checkpoint {path} \(\d+ bytes\): the file is '
@@ -38,6 +34,18 @@ def test_unreadable_checkpoint_names_the_file_and_cause(small_checkpoint, make, 
         load_pretrained(ConvNeXt(arch=SMALL), str(path))
     assert re.match(message.format(path=re.escape(str(path))), str(err.value)), str(err.value)
     one_line(str(err.value))
+
+
+@pytest.mark.parametrize('keep', [0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99])
+def test_a_checkpoint_cut_anywhere_is_called_truncated(small_checkpoint, keep):
+    # where the cut falls decides what torch's reader raises (an unpickling error, a zip error,
+    # or an OSError from a seek past the end): the user's answer must not depend on it
+    path = truncate(small_checkpoint, keep=keep)
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(ConvNeXt(arch=SMALL), str(path))
+    assert re.match(rf'cannot read checkpoint {re.escape(str(path))} \(\d+ bytes\): the file '
+                    'is truncated, corrupt or not a PyTorch checkpoint', str(err.value)), \
+        str(err.value)
 
 
 def test_checkpoint_of_another_network_says_no_convnext_layout(tmp_path):

@@ -47,6 +47,7 @@ import sys
 from typing import Optional, Sequence
 
 import torch
+
 from bench import common
 from bench.compiled import bench_compile
 from bench.config import bench_config
@@ -55,7 +56,6 @@ from bench.inference import bench_inference
 from bench.mlp import bench_mlp
 from bench.peers import TIMM_NAMES
 from bench.training import bench_training
-
 from convnext_backbone import machine, tuning
 from convnext_backbone.ops import mkldnn_linear_available
 

@@ -152,7 +152,7 @@ elif what == 'constraints':
             print(req)
 elif what == 'excluded':
     print(' '.join(name for rule in rules(args[0]) for name in rule.get('exclude', [])))
-elif what == 'requirements':  # the dependencies and the extras', mmcv as MMCV_REQ, less excluded
+elif what == 'requirements':  # the dependencies and the extras', mmcv as the given distribution (MMCV_REQUIREMENT), less excluded
     extra_names, mmcv, torch = args
     excluded = {name for rule in rules(torch) for name in rule.get('exclude', [])}
     for req in project['dependencies'] + extras(extra_names):

@@ -120,7 +120,10 @@ def _explain_read_error(path: str, err: BaseException) -> CheckpointError:
             + (', or allow the type with torch.serialization.add_safe_globals([...])'
                if compat.TORCH_ALLOWLISTS else ''))
     reading = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError)
-    if isinstance(err, reading) or 'PytorchStreamReader' in text or 'zip archive' in text:
+    # A cut-off file fails in whatever way the cut makes torch's reader fail (an OSError from a
+    # seek past the end among them): a local file that is not a whole checkpoint is named so.
+    cut = os.path.isfile(path) and not is_complete_checkpoint(path)
+    if cut or isinstance(err, reading) or 'PytorchStreamReader' in text or 'zip archive' in text:
         size = os.path.getsize(path) if os.path.isfile(path) else 0
         return CheckpointError(
             f'cannot read checkpoint {path} ({size} bytes): the file is truncated, corrupt or '
