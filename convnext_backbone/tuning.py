@@ -13,8 +13,9 @@ channels, dtypes, order of magnitude of the rows, threads), by running every can
 real input of the first call of that class in interleaved rounds and keeping the fastest (best
 of ``ROUNDS``); the plain kernel wins ties within ``MARGIN``. The probe's own result is returned,
 so the first call costs a few runs of the op, not more (training probes on detached copies, then
-runs the chosen kernel). A chosen kernel that becomes ``DRIFT`` times slower for ``SLOW_CALLS``
-calls in a row is timed again (at most ``MAX_REPROBES`` times). Every decision is logged in one
+runs the chosen kernel). A chosen inference kernel that becomes ``DRIFT`` times slower for
+``SLOW_CALLS`` calls in a row is timed again (at most ``MAX_REPROBES`` times); a training
+decision stays for the process (see :meth:`Tuner.choose`). Every decision is logged in one
 line (mmengine's current logger) and can be written to a JSON file (:meth:`Tuner.save`).
 
 ``CONVNEXT_FAST_PATHS`` in the environment sets the policy:
@@ -204,7 +205,11 @@ class Tuner:
             decision = self._pinned_decision(current, shape, kernels)
         if decision is None:
             return self._probe(shape, kernels, run)
-        if decision.source != 'probe' or decision.kernel == plain:
+        # Training decisions are not watched: a call times the forward only, not the forward
+        # and backward the probe timed, and an activation checkpoint (with_cp) recomputes the
+        # forward in backward, which must run the kernel the forward ran (a kernel replaced in
+        # between saves other tensors: torch.utils.checkpoint refuses the recomputation).
+        if decision.source != 'probe' or decision.kernel == plain or shape.op == 'training':
             return decision.kernel, run(decision.kernel)
         start = time.perf_counter()
         result = run(decision.kernel)

@@ -236,3 +236,34 @@ def test_the_probe_times_several_block_sizes_around_the_l2_size(monkeypatch):
     ((_, decision),) = tuning.decisions().items()
     assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.blocked(64), ops.blocked(128),
                                      ops.blocked(256)}
+
+
+def test_training_decisions_are_kept_through_a_slow_drift_and_with_cp_recomputation(
+        monkeypatch):
+    """A training kernel replaced between a with_cp forward and its recomputation in backward
+    would save other tensors (torch.utils.checkpoint refuses that): training decisions are not
+    re-probed, however slow their calls get."""
+    if not ops.mkldnn_linear_available(torch.float32):
+        pytest.skip('no oneDNN: only the plain ops exist here')
+    run_training = ops.run_training
+
+    def slow_plain(kernel, *args):  # a fast kernel is chosen: only those are watched
+        if kernel == ops.PLAIN:
+            time.sleep(0.01)
+        return run_training(kernel, *args)
+    monkeypatch.setattr(ops, 'run_training', slow_plain)
+    model = ConvNeXt(dict(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8)), with_cp=True).train()
+    x = torch.randn(1, 3, 64, 64)
+    with tuning.use_policy('auto'):
+        sum(o.sum() for o in model(x)).backward()             # decides each shape class
+        decided = tuning.decisions()
+        assert any(shape.op == 'training' and d.kernel != ops.PLAIN
+                   for shape, d in decided.items())
+        version = tuning.version()
+        monkeypatch.setattr(tuning, 'DRIFT', 0.0)               # every call counts as slow
+        monkeypatch.setattr(tuning, 'SLOW_CALLS', 1)
+        for _ in range(3):
+            sum(o.sum() for o in model(x)).backward()
+    assert tuning.version() == version
+    assert {s: d.kernel for s, d in tuning.decisions().items()} == \
+        {s: d.kernel for s, d in decided.items()}
