@@ -1,13 +1,16 @@
 """tools/benchmark.py runs its device-agnostic paths (what ``--device cuda`` runs) on the CPU:
 backbone inference with the GEMM floors, channels-last, training, whole models with bf16 rows
-and mmdet's Swin-T beside ours."""
+and mmdet's Swin-T beside ours; the CPU inference engines beside ours (``--engines``) and a busy
+machine (``--busy``)."""
+import importlib.util
 import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, SMALL
 
 BENCHMARK = os.path.join(ROOT, 'tools', 'benchmark.py')
 
@@ -52,3 +55,105 @@ def test_e2e_times_swin_t_beside_ours_and_a_bf16_row_where_native():
         assert '| ours prepared bf16 |' in out
         assert re.search(r'^det: ours prepared under bf16 autocast is \d+\.\d\dx its fp32 test '
                          'step', out, re.M), out
+
+
+# -- --engines: the CPU inference engines on our ONNX export ------------------------------------
+needs_onnxruntime = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ('onnxruntime', 'onnx', 'onnxscript')),
+    reason='onnxruntime / onnx / onnxscript not installed (the deploy extra)')
+
+
+def _row(out, precision, model):
+    """The cells of a table row of the backbone inference table."""
+    match = re.search(rf'^\| {precision} \| {model} \|(.*)\|$', out, re.M)
+    assert match, out
+    return [cell.strip() for cell in match.group(1).split('|')]
+
+
+@needs_onnxruntime
+def test_engines_time_onnxruntime_and_openvino_on_our_export_with_small_errors():
+    from convnext_backbone import machine
+    openvino = importlib.util.find_spec('openvino') is not None
+    engines = ['onnxruntime'] + (['openvino'] if openvino else [])
+    dtypes = ['fp32', 'bf16'] if machine.native_bf16() and openvino else ['fp32']
+    out = _benchmark('--arch', 'atto', '--shape', '64', '64', '--dtypes', *dtypes,
+                     '--engines', *engines)
+    # median, best, images/s, rel. err, ratio: the error is against our plain fp32 output
+    assert float(_row(out, 'fp32', 'ONNX Runtime')[3]) < 1e-4
+    assert re.search(r'^fp32: ours is \d+\.\d\dx ONNX Runtime \(its median time / ours', out,
+                     re.M), out
+    assert '| bf16 | ONNX Runtime |' not in out  # fp32 only on the CPU
+    if openvino:
+        assert float(_row(out, 'fp32', 'OpenVINO')[3]) < 1e-4
+        assert re.search(r"^# OpenVINO .*its default chose \w+ here", out, re.M), out
+    if 'bf16' in dtypes:  # OpenVINO's default is bf16 where the CPU has it: the bf16 row
+        assert float(_row(out, 'bf16', 'OpenVINO')[3]) < 3e-2
+        assert re.search(r'^bf16: ours is \d+\.\d\dx OpenVINO \(', out, re.M), out
+
+
+def test_an_engine_that_is_not_installed_is_left_out_in_one_line(monkeypatch, capsys):
+    import argparse
+
+    import torch
+
+    from bench import engines
+    from convnext_backbone import ConvNeXt
+    for module in engines.ENGINES:  # None in sys.modules: importing it raises ImportError
+        monkeypatch.setitem(sys.modules, module, None)
+    args = argparse.Namespace(engines=[], shape=[64, 64], threads=1, dtypes=['fp32'])
+    ours = ConvNeXt(arch=SMALL).eval()
+    assert engines.engine_peers(args, ours, torch.zeros(1, 3, 64, 64)) == {}
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3, lines  # one each, no export attempted, no traceback
+    for line, (module, name) in zip(lines, engines.ENGINES.items()):
+        assert re.match(rf'# {name} left out: (ModuleNotFound|Import)Error: ', line), line
+        assert f'pip install {module}' in line or f'pip install "{module}==' in line, line
+
+
+# -- --busy N: a busy machine -------------------------------------------------------------------
+def _running(pid):
+    """Whether process ``pid`` runs (a zombie, ended but not reaped, does not)."""
+    try:
+        with open(f'/proc/{pid}/stat') as stat:
+            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='needs Linux /proc')
+
+
+@needs_proc
+def test_busy_processes_run_in_the_block_and_are_stopped_however_it_ends():
+    from bench.busy import busy_processes
+    with busy_processes(2) as procs:
+        assert len(procs) == 2 and all(_running(p.pid) for p in procs)
+    assert all(p.returncode is not None and not _running(p.pid) for p in procs)
+    with pytest.raises(KeyboardInterrupt), busy_processes(1) as procs:
+        raise KeyboardInterrupt
+    assert procs[0].returncode is not None and not _running(procs[0].pid)
+
+
+@needs_proc
+def test_a_busy_process_ends_on_its_own_when_the_benchmark_is_killed():
+    # the context manager is kept: collecting it would close it (and stop the process)
+    code = ('import os, sys, time; sys.path.insert(0, sys.argv[1]); from bench.busy import '
+            'busy_processes; context = busy_processes(1); procs = context.__enter__(); '
+            'print(procs[0].pid, flush=True); time.sleep(1); os._exit(0)')  # as if killed
+    # stderr not captured: a pipe the busy process inherits would be read until it ends
+    run = subprocess.run([sys.executable, '-c', code, os.path.join(ROOT, 'tools')],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=60)
+    pid = int(run.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+@needs_proc
+def test_busy_1_runs_one_process_beside_the_rows_and_stops_it():
+    out = _benchmark('--busy', '1', '--arch', 'atto', '--shape', '64', '64', '--dtypes', 'fp32')
+    header = re.search(r'^# busy machine: 1 busy process .* pid (\d+)$', out, re.M)
+    assert header, out
+    assert re.search(r'^### Backbone inference, .*, beside 1 busy process$', out, re.M), out
+    assert not _running(int(header.group(1)))

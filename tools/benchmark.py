@@ -6,6 +6,10 @@ Usage::
     python tools/benchmark.py [--arch tiny] [--shape 800 1216] [--batch 1] [--threads 2]
     # the same, beside timm's and mmpretrain's ConvNeXt on the same weights and input
     python tools/benchmark.py --compare
+    # beside the CPU inference engines: ONNX Runtime and OpenVINO on our ONNX export, zentorch
+    python tools/benchmark.py --engines [onnxruntime openvino zentorch]
+    # any mode on a busy machine: N single-threaded busy processes run beside every row
+    python tools/benchmark.py --engines --busy 1
     # training step (forward + backward of the four outputs) and with_cp peak memory
     python tools/benchmark.py --compare --train --train-shape 512 512 --train-batch 2 --memory
     # end-to-end inference of a detector / segmentor config (random weights)
@@ -27,6 +31,14 @@ How it measures:
   layout converter of ``convnext_backbone.checkpoint``, runs the same input and prints each one's
   relative error against our plain fp32 output (``||a - b|| / ||b||``, worst of the four maps) and
   the time ratios. The training step compares parameter gradients the same way.
+- ``--engines`` exports our backbone once (the package's ONNX export, same weights) and times
+  ONNX Runtime (fp32, its default on the CPU) and OpenVINO (f32, and its default precision:
+  bf16 on a CPU with native bf16) on the file, and zentorch (AMD's ``torch.compile`` backend)
+  on the module, on the same input in the same rounds, with their relative errors and time
+  ratios; an engine that is not installed is left out with one line saying how to install it
+  (:mod:`bench.engines`).
+- ``--busy N`` runs N busy processes (a pure-Python loop each) from before the first row is
+  built until the last is timed, and stops them however the run ends (:mod:`bench.busy`).
 - Peak memory (``--memory``): the most bytes of tensors alive at once during one training step,
   on top of what existed before it (weights, input), from the CPU allocator's allocation and free
   events recorded by ``torch.profiler`` (``profile_memory=True``): every event's own bytes
@@ -49,9 +61,11 @@ from typing import Optional, Sequence
 import torch
 
 from bench import common
+from bench.busy import busy_processes, describe
 from bench.compiled import bench_compile
 from bench.config import bench_config
 from bench.e2e import E2E, bench_e2e
+from bench.engines import ENGINES
 from bench.inference import bench_inference
 from bench.mlp import bench_mlp
 from bench.peers import TIMM_NAMES
@@ -88,6 +102,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--repeat', type=int, default=7, help='timed rounds (default 7)')
     parser.add_argument('--compare', action='store_true',
                         help="also time timm's and mmpretrain's ConvNeXt (when installed)")
+    parser.add_argument('--engines', nargs='*', choices=tuple(ENGINES), default=None,
+                        metavar='ENGINE',
+                        help='also time the CPU inference engines (when installed) on our ONNX '
+                             f'export / module: {", ".join(ENGINES)} (default: all of them)')
+    parser.add_argument('--busy', type=int, default=0, metavar='N',
+                        help='run N busy processes (single-threaded Python loops) beside the '
+                             'whole run (default 0)')
     parser.add_argument('--no-inference', action='store_true', help='skip backbone inference')
     parser.add_argument('--train', action='store_true', help='time a training step')
     parser.add_argument('--train-shape', type=int, nargs=2, metavar=('H', 'W'),
@@ -119,6 +140,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"--device {args.device}: use 'cpu' or 'cuda[:N]'")
     if cuda and args.before:
         parser.error('--before runs the earlier checkout on the CPU only')
+    if cuda and args.engines is not None:
+        parser.error('--engines times CPU engines: use --device cpu')
+    if args.engines is not None and (args.e2e or args.config or args.mlp or args.compile
+                                     or args.no_inference):
+        parser.error('--engines is timed in the backbone inference mode: leave out --e2e, '
+                     '--config, --mlp, --compile and --no-inference')
+    if args.busy < 0:
+        parser.error(f'--busy {args.busy}: give a number of processes >= 0')
     if args.dtypes is None and cuda:
         args.dtypes = ['fp32', 'fp16'] + (['bf16'] if torch.cuda.is_bf16_supported() else [])
     elif args.dtypes is None:
@@ -129,6 +158,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         scope_is_seg = bool(args.config) and 'upernet' in osp.basename(args.config)
         args.shape = [512, 512] if scope_is_seg else [800, 1216]
     return args
+
+
+def run_mode(args: argparse.Namespace) -> bool:
+    """Run the mode the options ask for.
+
+    Args:
+        args (argparse.Namespace): The options.
+
+    Returns:
+        bool: False when an output or gradient disagrees beyond its tolerance.
+    """
+    if args.e2e:
+        return bench_e2e(args)
+    if args.config:
+        return bench_config(args)
+    if args.mlp:
+        return bench_mlp(args)
+    if args.compile:
+        return bench_compile(args)
+    ok = True
+    if not args.no_inference:
+        ok = bench_inference(args)
+    if args.train:
+        ok = bench_training(args) and ok
+    return ok
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -152,20 +206,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if 'bf16' in args.dtypes and not machine.native_bf16():
         print('# bf16 was asked for on a CPU without native bf16: expect it to be ~'
               f'{machine.BF16_SLOWDOWN_WITHOUT_NATIVE}x slower than fp32')
-    ok = True
-    if args.e2e:
-        ok = bench_e2e(args)
-    elif args.config:
-        ok = bench_config(args)
-    elif args.mlp:
-        ok = bench_mlp(args)
-    elif args.compile:
-        ok = bench_compile(args)
-    else:
-        if not args.no_inference:
-            ok = bench_inference(args)
-        if args.train:
-            ok = bench_training(args) and ok
+    with busy_processes(args.busy) as busy:
+        if busy:
+            print(describe(busy))
+        ok = run_mode(args)
     if args.save_fast_paths:
         count = tuning.save(args.save_fast_paths)
         print(f'\n{count} fast-path decisions written to {args.save_fast_paths} (pin them with '

@@ -4,6 +4,9 @@
   tables, random weights;
 - :mod:`.peers`: the other ConvNeXt implementations (timm, mmpretrain), one builder each, given
   our weights through the package's layout converter;
+- :mod:`.engines`: the CPU inference engines (ONNX Runtime and OpenVINO on our ONNX export,
+  zentorch on our module), one builder each;
+- :mod:`.busy`: the busy processes of ``--busy N``;
 - :mod:`.models`: whole detectors and segmentors: random weights, the tools' preparation,
   synthetic batches, time per part;
 - the modes: :mod:`.inference` (backbone, GEMM-rate floors), :mod:`.mlp` (block MLP kernels),

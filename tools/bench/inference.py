@@ -1,6 +1,6 @@
 """Backbone inference (the default mode): ours with the fast paths and with the plain ops, the
-peers with ``--compare``, an earlier checkout with ``--before``, and the GEMM-rate floor of
-each precision, timed in the same rounds."""
+peers with ``--compare``, the inference engines with ``--engines``, an earlier checkout with
+``--before``, and the GEMM-rate floor of each precision, timed in the same rounds."""
 import argparse
 from typing import Any, Callable, Dict, Sequence
 
@@ -23,6 +23,7 @@ from .common import (
     rel_err,
 )
 from .earlier import before_models
+from .engines import ENGINES, engine_peers
 from .peers import peer_backbones
 
 GEMM_SIZE = 2048
@@ -97,9 +98,24 @@ def print_floor(dtype: str, flops: float, ours_s: float,
           f'{ours_s - floor:.3f} s.')
 
 
+def timed_in(model: Any, dtype: str) -> bool:
+    """Whether ``model`` gets a row in precision ``dtype``: a module or an earlier checkout in
+    every precision of the run, an engine (:class:`~.engines.EnginePeer`) in those it was
+    compiled for.
+
+    Args:
+        model: A module, an earlier checkout or an engine.
+        dtype (str): The precision.
+
+    Returns:
+        bool: Whether it is timed in ``dtype``.
+    """
+    return dtype in getattr(model, 'precisions', (dtype,))
+
+
 def bench_inference(args: argparse.Namespace) -> bool:
     """Time inference with the fast paths and with the plain ops (and the others with --compare,
-    or an earlier checkout with --before).
+    the engines with --engines, or an earlier checkout with --before).
 
     Args:
         args (argparse.Namespace): The benchmark's options.
@@ -118,6 +134,8 @@ def bench_inference(args: argparse.Namespace) -> bool:
     ours = models['ours']
     if args.before:
         models.update(before_models(args, ours, x, train=False))
+    if args.engines is not None:
+        models.update(engine_peers(args, ours, x))
 
     def run(name: str, dtype: str) -> Outputs:
         policy = 'plain' if name == 'ours plain ops' else 'auto'
@@ -126,7 +144,8 @@ def bench_inference(args: argparse.Namespace) -> bool:
 
     models = {'ours plain ops': ours, **models}
     # Every (precision, model) pair in each round, so that fp32 and bf16 see the same noise.
-    pairs = [(dtype, name) for dtype in args.dtypes for name in models]
+    pairs = [(dtype, name) for dtype in args.dtypes for name in models
+             if timed_in(models[name], dtype)]
     fns: Dict[Any, Callable[[], object]] = {(d, n): (lambda d=d, n=n: run(n, d)) for d, n in pairs}
     for dtype in args.dtypes:  # the GEMM rates, measured in the same rounds (the same noise)
         fns.update({('gemm', dtype, name): fn for name, fn in square_gemms(dtype).items()})
@@ -144,9 +163,11 @@ def bench_inference(args: argparse.Namespace) -> bool:
     rows = [[d, n, f'{medians[d, n]:.3f}', f'{best[d, n]:.3f}', f'{args.batch / medians[d, n]:.2f}',
              f'{errors[d, n]:.1e}'] + [f'{medians[d, n] / medians[d, c]:.2f}x' for c in columns]
             for d, n in pairs]
+    busy = (f', beside {args.busy} busy process{"es" if args.busy > 1 else ""}' if args.busy
+            else '')
     print_table(f'Backbone inference, ConvNeXt-{args.arch}, {args.batch}x3x{args.shape[0]}x'
                 f'{args.shape[1]}{" channels-last" if args.channels_last else ""}, {device()}, '
-                f'{torch.get_num_threads()} threads, median of {args.repeat}',
+                f'{torch.get_num_threads()} threads, median of {args.repeat}{busy}',
                 ['precision', 'model', 'median s', 'best s', 'images/s', 'rel. err vs ours fp32']
                 + [f'{c} is faster by' for c in columns], rows)
     print_decisions()
@@ -160,10 +181,21 @@ def bench_inference(args: argparse.Namespace) -> bool:
                 ratio = medians['fp32', other] / fastest
                 print(f'fp32: ours is {ratio:.2f}x {other} (target >= {target}x): '
                       f'{"met" if ratio >= target else "NOT met"}')
+    for dtype in args.dtypes:  # the engines: their median time / ours, in their precisions
+        for other in ENGINES.values():
+            if (dtype, other) not in medians:
+                continue
+            ratio = medians[dtype, other] / medians[dtype, 'ours']
+            # fp32 answers to 1e-4 (ok above); a lower precision as compiled.py checks inductor
+            bound = 1e-4 if dtype == 'fp32' else 3 * errors[dtype, 'ours'] + 1e-2
+            wrong = (f'; its output is WRONG: rel. err {errors[dtype, other]:.1e} > {bound:.1e}'
+                     if errors[dtype, other] > bound else '')
+            print(f'{dtype}: ours is {ratio:.2f}x {other} (its median time / ours: '
+                  f'{"faster" if ratio > 1 else "slower"}{wrong})')
     if set(args.dtypes) == {'fp32', 'bf16'}:
         speedups = [[name, f'{medians["fp32", name] / medians["bf16", name]:.2f}x',
                      f'{medians["fp32", "ours"] / medians["bf16", name]:.2f}x']
-                    for name in models]
+                    for name in models if ('fp32', name) in medians and ('bf16', name) in medians]
         print_table('bf16 autocast speed-up (median fp32 time / median bf16 time)',
                     ['model', 'over its own fp32', 'over ours fp32'], speedups)
         ratio = medians['fp32', 'ours'] / medians['bf16', 'ours']
