@@ -157,3 +157,27 @@ def test_busy_1_runs_one_process_beside_the_rows_and_stops_it():
     assert header, out
     assert re.search(r'^### Backbone inference, .*, beside 1 busy process$', out, re.M), out
     assert not _running(int(header.group(1)))
+
+
+def test_an_earlier_checkouts_worker_computes_ours_and_goes_with_its_folder():
+    """--before runs a checkout in a worker fed through a folder of weights (hundreds of MB for
+    a large arch): both must go when the benchmark is done with it (they were left behind)."""
+    import gc
+
+    import torch
+
+    from bench.earlier import EarlierCheckout
+    from convnext_backbone import ConvNeXt
+    ours = ConvNeXt('v2-atto').eval()
+    x = torch.randn(1, 3, 64, 64)
+    before = EarlierCheckout(ROOT, 'v2-atto', ours.state_dict(), x)
+    before('fp32')
+    with torch.no_grad():
+        for got, ref in zip(before.result('fp32'), ours(x)):
+            assert (got - ref).norm() / ref.norm() < 1e-5
+    folder, proc = before._dir, before._proc
+    assert os.path.isdir(folder) and proc.poll() is None
+    del before
+    gc.collect()
+    assert not os.path.exists(folder)
+    assert proc.poll() is not None                 # the worker ended

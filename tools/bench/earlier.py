@@ -3,9 +3,11 @@ with the current code, in the same interleaved rounds."""
 import argparse
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 import tempfile
+import weakref
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -49,6 +51,9 @@ class EarlierCheckout:
             raise RuntimeError(f'the checkout at {path} did not start its backbone (see above)')
         #: Whether the earlier backbone has ``fuse()``.
         self.has_fuse = ready[1:] == ['True']
+        # The worker and its folder (the weights and input, a result: hundreds of MB for a
+        # large arch) go when this object does, at the latest when the benchmark exits.
+        self._cleanup = weakref.finalize(self, _stop, self._proc, self._dir)
 
     def _ask(self, line: str) -> None:
         self._proc.stdin.write(line + '\n')
@@ -65,6 +70,18 @@ class EarlierCheckout:
         path = osp.join(self._dir, 'result.pt')
         self._ask(f'save {dtype} {path}')
         return torch.load(path, weights_only=True)
+
+
+def _stop(proc: subprocess.Popen, folder: str) -> None:
+    """End a worker (its stdin closed: it ends at the end of its requests; else SIGKILL) and
+    remove its folder."""
+    try:
+        proc.stdin.close()
+        proc.wait(timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def before_models(args: argparse.Namespace, ours: nn.Module, x: torch.Tensor, train: bool,
