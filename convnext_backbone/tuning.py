@@ -14,8 +14,10 @@ real input of the first call of that class in interleaved rounds and keeping the
 of ``ROUNDS``); the plain kernel wins ties within ``MARGIN``. The probe's own result is returned,
 so the first call costs a few runs of the op, not more (training probes on detached copies, then
 runs the chosen kernel). A chosen inference kernel that becomes ``DRIFT`` times slower for
-``SLOW_CALLS`` calls in a row is timed again (at most ``MAX_REPROBES`` times); a training
-decision stays for the process (see :meth:`Tuner.choose`). Every decision is logged in one
+``SLOW_CALLS`` calls in a row is timed once against the plain kernel: where it still wins, the
+machine as a whole slowed down and its new time becomes the normal one; where it lost, the
+class is probed again (at most ``MAX_REPROBES`` such checks per class). A training decision
+stays for the process (see :meth:`Tuner.choose`). Every decision is logged in one
 line (mmengine's current logger) and can be written to a JSON file (:meth:`Tuner.save`).
 
 ``CONVNEXT_FAST_PATHS`` in the environment sets the policy:
@@ -145,7 +147,8 @@ class Tuner:
         self._lock = threading.RLock()
         self._decisions: Dict[ShapeClass, Decision] = {}
         self._slow: Dict[ShapeClass, int] = {}       # calls in a row slower than DRIFT allows
-        self._reprobes: Dict[ShapeClass, int] = {}
+        self._reprobes: Dict[ShapeClass, int] = {}     # drift checks made, per class
+        self._reference: Dict[ShapeClass, float] = {}  # a decided kernel's normal time
         self._override: Optional[str] = None         # the policy of use_policy
         self._pinned: Dict[Tuple[str, float], Dict[ShapeClass, Kernel]] = {}  # read files
         # Counts every change of the decisions (a new, replaced, dropped or forgotten one), so
@@ -213,7 +216,8 @@ class Tuner:
             return decision.kernel, run(decision.kernel)
         start = time.perf_counter()
         result = run(decision.kernel)
-        self._watch(shape, decision, time.perf_counter() - start)
+        if self._drifted(shape, decision, time.perf_counter() - start):
+            self._check(shape, decision, plain, run)
         return decision.kernel, result
 
     def decided(self, shape: ShapeClass) -> Optional[Kernel]:
@@ -258,7 +262,7 @@ class Tuner:
         """Forget one decision (``shape``) or all of them (and the files read), so that the
         next call decides again."""
         with self._lock:
-            for table in (self._decisions, self._slow, self._reprobes):
+            for table in (self._decisions, self._slow, self._reprobes, self._reference):
                 if shape is None:
                     table.clear()
                 else:
@@ -304,6 +308,7 @@ class Tuner:
     def _record(self, shape: ShapeClass, decision: Decision) -> None:
         with self._lock:
             self._decisions[shape] = decision
+            self._reference.pop(shape, None)
             self._version += 1
         if decision.source == 'probe':
             timed = ', '.join(f'{k} {s * 1e3:.2f} ms' for k, s in decision.seconds.items())
@@ -314,18 +319,47 @@ class Tuner:
             how = f'not in {self.policy()}: the plain ops'
         _log(f'convnext_backbone fast path for {shape}: {decision.kernel} ({how})')
 
-    def _watch(self, shape: ShapeClass, decision: Decision, seconds: float) -> None:
+    def _drifted(self, shape: ShapeClass, decision: Decision, seconds: float) -> bool:
+        """Count a call of a probed kernel; True when it was the ``SLOW_CALLS``-th in a row
+        slower than ``DRIFT`` times its normal time (and checks are left for this class)."""
         with self._lock:
             if self._decisions.get(shape) is not decision:
-                return                          # replaced or forgotten meanwhile
-            slow = self._slow.get(shape, 0) + 1 if seconds > DRIFT * decision.seconds[
-                decision.kernel] else 0
+                return False                    # replaced or forgotten meanwhile
+            normal = self._reference.get(shape, decision.seconds[decision.kernel])
+            slow = self._slow.get(shape, 0) + 1 if seconds > DRIFT * normal else 0
             self._slow[shape] = slow
-            if slow >= SLOW_CALLS and self._reprobes.get(shape, 0) < MAX_REPROBES:
-                self._reprobes[shape] = self._reprobes.get(shape, 0) + 1
-                self._slow[shape] = 0
+            if slow < SLOW_CALLS or self._reprobes.get(shape, 0) >= MAX_REPROBES:
+                return False
+            self._reprobes[shape] = self._reprobes.get(shape, 0) + 1
+            self._slow[shape] = 0
+            return True
+
+    def _check(self, shape: ShapeClass, decision: Decision, plain: Kernel,
+               run: Callable[[Kernel], T]) -> None:
+        """After a drift: time the plain kernel and the decided one once each on the current
+        input. Where the decided one still wins, the whole machine slowed down (other
+        processes, a busy server): its time now is the new normal and nothing is probed again,
+        which would cost every candidate a few runs under the same load. Otherwise the decision
+        is dropped and the next call probes again."""
+        times = {}
+        for kernel in (plain, decision.kernel):
+            start = time.perf_counter()
+            run(kernel)
+            times[kernel] = time.perf_counter() - start
+        with self._lock:
+            if self._decisions.get(shape) is not decision:
+                return
+            kept = times[decision.kernel] <= times[plain] * (1 - MARGIN)
+            if kept:
+                self._reference[shape] = times[decision.kernel]
+            else:
                 del self._decisions[shape]
+                self._reference.pop(shape, None)
                 self._version += 1
+        now = ', '.join(f'{k} {s * 1e3:.2f} ms' for k, s in times.items())
+        _log(f'convnext_backbone fast path for {shape}: {decision.kernel} ran slower; '
+             + (f'kept, still the faster ({now}): the machine is busier' if kept else
+                f'probed again at the next call ({now})'))
 
     def _load(self, path: str) -> Dict[ShapeClass, Kernel]:
         stamp = (path, os.path.getmtime(path))
