@@ -137,12 +137,13 @@ def test_busy_processes_run_in_the_block_and_are_stopped_however_it_ends():
 @needs_proc
 def test_a_busy_process_ends_on_its_own_when_the_benchmark_is_killed():
     # the context manager is kept: collecting it would close it (and stop the process)
-    code = ('import os, sys, time; sys.path.insert(0, sys.argv[1]); from bench.busy import '
-            'busy_processes; context = busy_processes(1); procs = context.__enter__(); '
+    code = ('import os, time; from bench.busy import busy_processes; '
+            'context = busy_processes(1); procs = context.__enter__(); '
             'print(procs[0].pid, flush=True); time.sleep(1); os._exit(0)')  # as if killed
     # stderr not captured: a pipe the busy process inherits would be read until it ends
-    run = subprocess.run([sys.executable, '-c', code, os.path.join(ROOT, 'tools')],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=60)
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, 'tools'))
+    run = subprocess.run([sys.executable, '-c', code], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, timeout=60)
     pid = int(run.stdout.split()[0])
     deadline = time.monotonic() + 10
     while _running(pid) and time.monotonic() < deadline:
