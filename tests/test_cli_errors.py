@@ -105,13 +105,11 @@ def test_read_only_work_dir_is_one_line(tmp_path):
         'with --work-dir'], proc.stderr
 
 
-
 def test_plot_logs_names_a_work_dir_without_logs(tmp_path):
     with pytest.raises(SystemExit, match=f'error: no \\*/vis_data/scalars.json in {tmp_path}'):
         load_tool('plot_logs').main([str(tmp_path)])
     with pytest.raises(SystemExit, match='error: work dir not found'):
         load_tool('plot_logs').main([str(tmp_path / 'nope')])
-
 
 
 MISSING_DATA_CONFIG = '''

@@ -23,7 +23,6 @@ def demo_data(tmp_path_factory):
     return root
 
 
-
 class Heads(nn.Module):
     """Stands in for a detector or segmentor: only its heads' ``num_classes`` are read."""
 
@@ -199,7 +198,6 @@ def test_mmdet_alone_drops_unknown_category_silently(demo_data):
     kept = sum(len(dataset.get_data_info(i)['instances']) for i in range(len(dataset)))
     with open(demo_data / 'coco' / 'annotations' / 'instances_train.json') as f:
         assert kept == len(json.load(f)['annotations']) - 1
-
 
 
 def test_the_check_leaves_the_config_as_it_was(demo_data, tmp_path):

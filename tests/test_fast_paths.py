@@ -15,7 +15,7 @@ from reference import RefConvNeXt, randomise_
 
 from convnext_backbone import ConvNeXt, ops, tuning
 
-pytestmark = pytest.mark.core
+pytestmark = [pytest.mark.core, pytest.mark.usefixtures('fresh_decisions')]
 
 V1 = dict(depths=(2, 1, 3, 1), dims=(16, 24, 32, 48))
 V2 = dict(V1, use_grn=True)
@@ -23,13 +23,6 @@ BLOCKS = sum(V1['depths'])
 ARCHS = pytest.mark.parametrize('arch', [V1, V2], ids=['v1', 'v2'])
 ONEDNN = pytest.mark.skipif(not ops.mkldnn_linear_available(torch.float32),
                             reason='no oneDNN here: only the plain ops exist')
-
-
-@pytest.fixture(autouse=True)
-def _fresh_decisions():
-    tuning.reset()
-    yield
-    tuning.reset()
 
 
 @pytest.fixture

@@ -16,20 +16,13 @@ from torch import nn
 
 from convnext_backbone import ConvNeXt, fast_path, ops, tuning
 
-pytestmark = pytest.mark.core
+pytestmark = [pytest.mark.core, pytest.mark.usefixtures('fresh_decisions')]
 
 V1 = dict(depths=(2, 1, 3, 1), dims=(16, 24, 32, 48))
 V2 = dict(V1, use_grn=True)
 ARCHS = pytest.mark.parametrize('arch', [V1, V2], ids=['v1', 'v2'])
 ONEDNN = pytest.mark.skipif(not ops.mkldnn_linear_available(torch.float32),
                             reason='no oneDNN here: there is no fast path to guard')
-
-
-@pytest.fixture(autouse=True)
-def _fresh_decisions():
-    tuning.reset()
-    yield
-    tuning.reset()
 
 
 def _pair(arch, seed=0, act=None):

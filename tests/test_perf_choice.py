@@ -17,11 +17,8 @@ AVX512_BF16 = AVX2_ONLY | {'avx512f', 'avx512bw', 'avx512_bf16'}
 
 
 @pytest.fixture(autouse=True)
-def _fresh_decisions():
-    tuning.reset()
+def _fresh_state(fresh_decisions):
     machine._WARNED.clear()
-    yield
-    tuning.reset()
 
 
 def _inputs(rows=96, channels=8, seed=0):

@@ -10,12 +10,11 @@ import time
 
 import pytest
 import torch
-from helpers import PY, ROOT, one_line, toy_regression_runner, truncate
+from helpers import PY, ROOT, ToyRegressionData, one_line, toy_regression_runner, truncate
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel
 from torch import nn
-from torch.utils.data import Dataset
 
 from convnext_backbone import CheckpointError, compat
 from convnext_backbone.checkpoint import (
@@ -29,17 +28,6 @@ pytestmark = pytest.mark.core
 
 
 # -- a toy model trained by ResumableRunner in this process ---------------------------------------
-class ToyData(Dataset):
-    metainfo = dict(classes=('a', 'b'))
-
-    def __len__(self):
-        return 8
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return dict(inputs=torch.randn(4, generator=g), target=torch.randn(1, generator=g))
-
-
 class ToyModel(BaseModel):
     def __init__(self):
         super().__init__()
@@ -87,7 +75,7 @@ def toy_runner(work_dir, loop, hooks, resume=False, name='run'):
     torch.manual_seed(0)  # the same initial weights in every run
     return ResumableRunner(
         model=ToyModel(), work_dir=str(work_dir), experiment_name=f'{name}-{time.time_ns()}',
-        train_dataloader=dict(dataset=ToyData(), batch_size=2, num_workers=0,
+        train_dataloader=dict(dataset=ToyRegressionData(), batch_size=2, num_workers=0,
                               sampler=dict(type='DefaultSampler', shuffle=True),
                               collate_fn=dict(type='default_collate')),
         train_cfg=train_cfg,
