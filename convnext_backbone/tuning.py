@@ -217,7 +217,7 @@ class Tuner:
         start = time.perf_counter()
         result = run(decision.kernel)
         if self._drifted(shape, decision, time.perf_counter() - start):
-            self._check(shape, decision, plain, run)
+            self._confirm(shape, decision, plain, run)
         return decision.kernel, result
 
     def decided(self, shape: ShapeClass) -> Optional[Kernel]:
@@ -334,7 +334,7 @@ class Tuner:
             self._slow[shape] = 0
             return True
 
-    def _check(self, shape: ShapeClass, decision: Decision, plain: Kernel,
+    def _confirm(self, shape: ShapeClass, decision: Decision, plain: Kernel,
                run: Callable[[Kernel], T]) -> None:
         """After a drift: time the plain kernel and the decided one once each on the current
         input. Where the decided one still wins, the whole machine slowed down (other
