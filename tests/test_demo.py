@@ -261,3 +261,31 @@ def _check_onnx_stages(work, det, seg, stdout):
     assert abs(ort_det['coco/segm_mAP'] - det['coco/segm_mAP']) <= 0.01
     assert abs(ort_seg['mIoU'] - seg['mIoU']) <= 0.5  # mmseg reports percentages
     assert 'ONNX Runtime: bbox mAP' in stdout and 'ONNX Runtime: mIoU' in stdout
+    _check_openvino_stages(work, det, seg, stdout)
+
+
+def _check_openvino_stages(work, det, seg, stdout):
+    """Where OpenVINO is installed both files were evaluated in it: in f32 with PyTorch's metrics,
+    in bf16 (where its CPU plugin has native bf16) within bf16's tolerance; elsewhere the demo
+    says it skipped them."""
+    from convnext_backbone.deploy.session import DeployError, check_runtime
+    ran = []
+    for precision in ('f32', 'bf16'):
+        folder = 'openvino' if precision == 'f32' else f'openvino-{precision}'
+        try:
+            check_runtime('openvino', precision)
+        except DeployError:
+            assert not (work / 'det' / folder).exists()
+            continue
+        ran.append(precision)
+        with open(work / 'det' / folder / 'test_metrics.json') as f:
+            ov_det = json.load(f)
+        with open(work / 'seg' / folder / 'test_metrics.json') as f:
+            ov_seg = json.load(f)
+        assert abs(ov_det['coco/bbox_mAP'] - det['coco/bbox_mAP']) <= 0.01
+        assert abs(ov_det['coco/segm_mAP'] - det['coco/segm_mAP']) <= 0.01
+        assert abs(ov_seg['mIoU'] - seg['mIoU']) <= (0.5 if precision == 'f32' else 1.0)
+        assert f'OpenVINO {precision}: bbox mAP' in stdout
+        assert f'OpenVINO {precision}: mIoU' in stdout
+    if not ran:
+        assert stdout.count('OpenVINO: skipped') == 2

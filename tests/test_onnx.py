@@ -1,11 +1,14 @@
 """ONNX export (convnext_backbone.deploy, tools/export_onnx.py, tools/test_onnx.py), checked
-against PyTorch with real ONNX Runtime sessions.
+against PyTorch with real ONNX Runtime sessions and OpenVINO compilations (f32 and bf16).
 
 The models are tiny (ConvNeXt 1-1-1-1, 8..64 channels): what is checked (the graph's operators,
 its agreement with mmdet / mmseg at sizes other than the traced one) does not depend on their
-size. ``CONVNEXT_ONNX_FULL=1`` adds the T-size checks and timings of docs/deploy.md.
+size. ``CONVNEXT_ONNX_FULL=1`` adds the T-size checks and timings of docs/deploy.md. The
+OpenVINO tests skip where openvino is not installed, the bf16 ones where the CPU has no native
+bf16 (OpenVINO's ``OPTIMIZATION_CAPABILITIES`` without ``BF16``).
 """
 import functools
+import importlib.util
 import os
 import runpy
 import sys
@@ -24,12 +27,13 @@ from convnext_backbone.deploy import (
     custom_domain_ops,
     export_onnx,
     onnx_ops,
+    ov_session,
     paste_masks,
 )
 from convnext_backbone.deploy.detector import per_stage
 from convnext_backbone.deploy.graphs import AdaptivePool2d, BatchNormInference
 from convnext_backbone.deploy.runtime import runtime_model
-from convnext_backbone.deploy.session import OnnxGraph
+from convnext_backbone.deploy.session import OnnxGraph, open_session
 
 onnx = pytest.importorskip('onnx')  # the deploy extra
 
@@ -45,6 +49,15 @@ FULL = os.environ.get('CONVNEXT_ONNX_FULL') == '1'
 pytestmark = pytest.mark.skipif(
     not onnx_ops.compat.torch_at_least(onnx_ops.EXPORT_TORCH),
     reason=f'ONNX export needs torch >= {onnx_ops.EXPORT_TORCH} (this is {torch.__version__})')
+HAS_OPENVINO = importlib.util.find_spec('openvino') is not None
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO,
+                                    reason='openvino not installed (the deploy extra)')
+needs_openvino_bf16 = pytest.mark.skipif(
+    not HAS_OPENVINO or 'BF16' not in ov_session.cpu_capabilities(
+        ov_session.import_openvino().Core()),
+    reason="bf16 in OpenVINO needs native bf16 (BF16 in the CPU's OPTIMIZATION_CAPABILITIES)")
+#: Each runtime of the test loop, skipped where it is not installed.
+RUNTIMES = ['onnxruntime', pytest.param('openvino', marks=needs_openvino)]
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -266,6 +279,113 @@ def test_backbone_outputs_match_the_backbone_on_normalised_input(backbone):
         assert ((got - want).abs().max() / want.abs().max()).item() < 1e-4
 
 
+# -- OpenVINO: f32 as PyTorch, bf16 close --------------------------------------------------------
+def openvino(path: str, precision: str = 'f32'):
+    return open_session(path, 'openvino', threads=1, precision=precision)
+
+
+@needs_openvino
+@pytest.mark.parametrize('batch,height,width', [(2, 160, 224), (1, 100, 150), (3, 64, 64)])
+def test_openvino_f32_segmentor_matches_mmseg_as_onnxruntime_does(seg, batch, height, width):
+    """The same tolerance as ONNX Runtime's: float32 throughout, only the order of the sums
+    differs (measured rel. err ~1e-6)."""
+    model, path = seg
+    images = torch.rand(batch, 3, height, width) * 255
+    ref = mmseg_logits(model, images)
+    out = openvino(path)(images)
+    assert out['seg_logits'].shape == ref.shape
+    assert ((out['seg_logits'] - ref).abs().max() / ref.abs().max()).item() < 1e-4
+    top2 = ref.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4
+    assert out['label_map'].dtype == torch.int64
+    assert torch.equal(out['label_map'][clear], ref.argmax(1)[clear])
+
+
+@needs_openvino
+@pytest.mark.parametrize('which', ['det', 'cascade'])
+@pytest.mark.parametrize('height,width', [(160, 224), (181, 130)])
+def test_openvino_f32_detector_matches_mmdet_as_onnxruntime_does(request, which, height, width):
+    """NonMaxSuppression, RoiAlign and the dynamic detection count run in OpenVINO as in ONNX
+    Runtime: the same detections one to one, within the same tolerances."""
+    model, path = request.getfixturevalue(which)
+    image = torch.rand(1, 3, height, width) * 255
+    ref = mmdet_predict(model, image).pred_instances
+    out = openvino(path)(image)
+    assert out['masks'].shape[1:] == (height, width) and out['labels'].dtype == torch.int64
+    assert_detections_match(ref, out['boxes'], out['scores'], out['labels'],
+                            out['masks'] >= model.test_cfg.rcnn.mask_thr_binary)
+
+
+@needs_openvino_bf16
+@pytest.mark.parametrize('batch,height,width', [(2, 160, 224), (1, 100, 150), (3, 64, 64)])
+def test_openvino_bf16_segmentor_is_close_to_mmseg(seg, batch, height, width):
+    """bf16 keeps 8 significant bits: PyTorch's own bf16 autocast (tools/test.py --bf16) gave
+    this model logits rel. err 0.95-1.4e-2, OpenVINO bf16 0.96-1.2e-2. Below 3e-2 (twice
+    that), a pixel whose top two logits differ by more than 2 x 3e-2 x max|logit| cannot
+    change its label; over all pixels >= 98 % agree (measured 99.2-99.6 %)."""
+    model, path = seg
+    images = torch.rand(batch, 3, height, width) * 255
+    ref = mmseg_logits(model, images)
+    out = openvino(path, 'bf16')(images)
+    scale = ref.abs().max()
+    assert ((out['seg_logits'] - ref).abs().max() / scale).item() < 3e-2
+    top2 = ref.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 6e-2 * scale
+    assert clear.float().mean() > 0.5  # most pixels are compared
+    assert torch.equal(out['label_map'][clear], ref.argmax(1)[clear])
+    assert (out['label_map'] == ref.argmax(1)).float().mean() >= 0.98
+
+
+@needs_openvino_bf16
+@pytest.mark.parametrize('height,width', [(160, 224), (181, 130)])
+def test_openvino_bf16_detector_is_close_to_mmdet(det, height, width):
+    """bf16 moves boxes and scores a little and may swap near-ties at the score threshold and
+    max_per_img. PyTorch's own bf16 (float32 output layers) against its float32, on this
+    model: 85-95 % of the detections found again with the same label at IoU > 0.9, median
+    box error 0.24-0.32 px, median score error 0.010-0.018, masks of those IoU 0.82-0.90
+    (this random mask head's logits are scaled up 30 times); OpenVINO bf16 measured 80-90 %,
+    0.27-0.30 px, 0.009-0.025, 0.83-0.87. The bounds: >= 75 %, < 1 px, < 0.05, > 0.75."""
+    model, path = det
+    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(3)) * 255
+    ref = mmdet_predict(model, image).pred_instances
+    out = openvino(path, 'bf16')(image)
+    iou = box_iou(ref.bboxes.numpy(), out['boxes'].numpy())
+    iou[ref.labels.numpy()[:, None] != out['labels'].numpy()[None]] = 0
+    best, found = iou.max(1), iou.argmax(1)
+    kept = best > 0.9
+    assert len(ref.bboxes) >= 10 and kept.mean() >= 0.75, f'{kept.sum()} of {len(kept)}'
+    boxes_err = np.abs(out['boxes'].numpy()[found[kept]] - ref.bboxes.numpy()[kept]).max(1)
+    scores_err = np.abs(out['scores'].numpy()[found[kept]] - ref.scores.numpy()[kept])
+    assert np.median(boxes_err) < 1 and np.median(scores_err) < 0.05
+    masks, ref_masks = out['masks'].numpy()[found[kept]] >= 0.5, ref.masks.numpy()[kept]
+    assert (masks & ref_masks).sum() / (masks | ref_masks).sum() > 0.75
+
+
+@needs_openvino_bf16
+def test_openvino_bf16_pastes_the_masks_in_float32(det):
+    """In bf16 OpenVINO computes the graph's mask pasting (two MatMuls fed by pixel
+    coordinates) in bf16: at 800x1216 its masks overlapped the float32 pasting of the same
+    probabilities by IoU 0.76. The session pastes ``mask_probs`` itself (ov_session's note)."""
+    _, path = det
+    image = torch.rand(1, 3, 800, 1216, generator=torch.Generator().manual_seed(3)) * 255
+    session = openvino(path, 'bf16')
+    out = session(image)
+    assert out['masks'].shape == (len(out['boxes']), 800, 1216)
+    assert (out['masks'] >= 0.5).any(dim=(1, 2)).float().mean() > 0.5  # masks to compare
+    pasted = paste_masks(out['mask_probs'], out['boxes'], 800, 1216)
+    assert (out['masks'] - pasted).abs().max() < 1e-5
+
+
+@needs_openvino
+@pytest.mark.parametrize('precision', ['f32', pytest.param('bf16', marks=needs_openvino_bf16)])
+def test_openvino_session_compiles_with_the_threads_and_precision_asked(seg, precision):
+    session = open_session(seg[1], 'openvino', threads=1, precision=precision)
+    assert session.compiled.get_property('INFERENCE_NUM_THREADS') == 1
+    assert session.compiled.get_property('INFERENCE_PRECISION_HINT').get_type_name() == precision
+    assert session.describe().startswith('OpenVINO 20')
+    assert f'{precision}, threads 1' in session.describe()
+
+
 # -- what is in the graphs ---------------------------------------------------------------------
 @pytest.mark.parametrize('which', ['seg', 'det', 'cascade', 'backbone'])
 def test_exported_graph_has_only_standard_onnx_operators(request, which):
@@ -329,7 +449,7 @@ def test_paste_masks_equals_mmdet_paste_with_grid_sample():
     assert torch.allclose(paste_masks(probs[:, 0], boxes, 48, 64), ref, atol=1e-5)
 
 
-# -- ONNX Runtime models in mmengine's test loop ----------------------------------------------
+# -- exported models in mmengine's test loop, in each runtime ------------------------------------
 @pytest.fixture(scope='module')
 def tiny_data(tmp_path_factory):
     import make_demo_data  # tools/
@@ -346,7 +466,8 @@ def loader_of(cfg: Config):
     return Runner.build_dataloader(cfg.test_dataloader)
 
 
-def test_onnxruntime_detector_predicts_like_mmdet_on_rescaled_images(det, tiny_data):
+@pytest.mark.parametrize('runtime', RUNTIMES)
+def test_exported_detector_predicts_like_mmdet_on_rescaled_images(det, tiny_data, runtime):
     from mmengine.registry import MODELS
     model, path = det
     cfg = tiny_det_cfg()
@@ -355,11 +476,12 @@ def test_onnxruntime_detector_predicts_like_mmdet_on_rescaled_images(det, tiny_d
                                        data_prefix=dict(img='val/'))
     cfg.test_dataloader.dataset.pipeline[1].scale_factor = 1.5  # boxes and masks scale back
     loader = loader_of(cfg)  # sets the config's default scope, which the build needs
-    ort_model = MODELS.build(runtime_model(cfg, path, threads=1))
+    exported_model = MODELS.build(runtime_model(cfg, path, threads=1, runtime=runtime))
+    assert exported_model.graph.runtime == runtime
     for batch in loader:
         with torch.no_grad():
             refs = model.test_step(batch)
-        outs = ort_model.test_step(batch)
+        outs = exported_model.test_step(batch)
         for ref, out in zip(refs, outs):
             assert out.pred_instances.masks.shape[1:] == ref.ori_shape
             inst = out.pred_instances
@@ -367,7 +489,8 @@ def test_onnxruntime_detector_predicts_like_mmdet_on_rescaled_images(det, tiny_d
                                     inst.masks)
 
 
-def test_onnxruntime_segmentor_runs_mmseg_sliding_windows_around_the_graph(seg, tiny_data):
+@pytest.mark.parametrize('runtime', RUNTIMES)
+def test_exported_segmentor_runs_mmseg_sliding_windows_around_the_graph(seg, tiny_data, runtime):
     from mmengine.registry import MODELS
     model, path = seg
     cfg = tiny_seg_cfg()
@@ -375,11 +498,12 @@ def test_onnxruntime_segmentor_runs_mmseg_sliding_windows_around_the_graph(seg, 
     cfg.model.test_cfg = dict(mode='slide', crop_size=(64, 64), stride=(40, 40))
     model.test_cfg = cfg.model.test_cfg
     loader = loader_of(cfg)  # sets the config's default scope, which the build needs
-    ort_model = MODELS.build(runtime_model(cfg, path, threads=1))
+    exported_model = MODELS.build(runtime_model(cfg, path, threads=1, runtime=runtime))
+    assert exported_model.graph.runtime == runtime
     for batch in loader:
         with torch.no_grad():
             refs = model.test_step(batch)
-        for ref, out in zip(refs, ort_model.test_step(batch)):
+        for ref, out in zip(refs, exported_model.test_step(batch)):
             logits, want = out.seg_logits.data, ref.seg_logits.data
             assert logits.shape == want.shape == (8, 96, 96)
             assert ((logits - want).abs().max() / want.abs().max()).item() < 1e-4
@@ -428,6 +552,53 @@ def test_test_tool_refuses_a_graph_of_the_other_task(seg, capfd):
     err = capfd.readouterr().err.strip().splitlines()[-1]
     assert code == 1
     assert f'{seg[1]} holds a segmentor graph; this needs a detector graph' in err
+
+
+def tool_error(capfd) -> str:
+    """The tool's whole stderr, which must be its one error line."""
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines  # no traceback, no usage
+    return lines[0]
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--runtime', 'openvino', '--precision', 'fp16'], '--precision fp16: use one of f32, bf16'),
+    (['--precision', 'bf16'], '--precision bf16: ONNX Runtime runs the float32 graph in float32 '
+     'only; use --runtime openvino for bf16, or --precision f32'),
+])
+def test_test_tool_refuses_a_precision_its_runtime_has_not_in_one_line(seg, capfd, args,
+                                                                       message):
+    code, _ = run_tool('test_onnx.py', SEG_DEMO, seg[1], *args)
+    assert code == 2
+    assert tool_error(capfd) == f'test_onnx.py: error: {message}'
+
+
+@needs_openvino
+def test_test_tool_refuses_openvino_bf16_without_native_bf16(seg, capfd, monkeypatch):
+    monkeypatch.setattr(ov_session, 'cpu_capabilities', lambda core: ['FP32', 'INT8', 'BIN'])
+    code, _ = run_tool('test_onnx.py', SEG_DEMO, seg[1], '--runtime', 'openvino',
+                       '--precision', 'bf16')
+    assert code == 2
+    assert tool_error(capfd) == (
+        'test_onnx.py: error: --precision bf16: this CPU has no native bf16 (OpenVINO lists its '
+        'CPU capabilities as FP32, INT8, BIN, without BF16); use --precision f32')
+
+
+def test_test_tool_names_the_pip_command_when_openvino_is_missing(seg, capfd, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'openvino', None)  # import openvino raises ImportError
+    code, _ = run_tool('test_onnx.py', SEG_DEMO, seg[1], '--runtime', 'openvino')
+    assert code == 2
+    assert tool_error(capfd) == (
+        'test_onnx.py: error: --runtime openvino: the openvino package is not installed; pip '
+        'install openvino (or the deploy extra: pip install -e ".[deploy]")')
+
+
+@pytest.mark.parametrize('runtime', RUNTIMES)
+def test_test_tool_refuses_a_missing_file_in_one_line(tmp_path, capfd, runtime):
+    missing = str(tmp_path / 'model.onnx')
+    code, _ = run_tool('test_onnx.py', SEG_DEMO, missing, '--runtime', runtime)
+    assert code == 2
+    assert tool_error(capfd) == f'test_onnx.py: error: ONNX file not found: {missing}'
 
 
 # -- full size (CONVNEXT_ONNX_FULL=1; the figures of docs/deploy.md) ------------------------------

@@ -2,7 +2,8 @@
 # The demo: generate data -> pretrain the backbone -> train + test Mask R-CNN (COCO bbox/segm mAP)
 # -> train + test UperNet (mIoU), on the CPU; each trained model is then tested again in bf16
 # (tools/test.py --bf16, where the CPU has native bf16), exported to ONNX and evaluated in ONNX
-# Runtime (same pipeline and metric); prints where the results are.
+# Runtime and in OpenVINO f32 and bf16 (same pipeline and metric; OpenVINO where it is installed,
+# its bf16 where its CPU plugin has native bf16); prints where the results are.
 #
 # Usage (from anywhere; `make demo` installs first, then runs this):
 #   bash tools/demo.sh                 # everything (DEMO=all)
@@ -101,6 +102,17 @@ export_and_test_onnx() {  # export_and_test_onnx NAME CONFIG WORK_DIR SIZE CFG_O
     "$PYTHON" tools/test_onnx.py "$config" "$work/model.onnx" --threads "$THREADS" \
         --work-dir "$work/onnxruntime" --cfg-options "$@"
 }
+test_openvino() {  # test_openvino NAME CONFIG WORK_DIR PRECISION CFG_OPTION...: evaluate
+    # WORK_DIR/model.onnx in OpenVINO at PRECISION (f32, bf16) into WORK_DIR/openvino[-bf16]; the
+    # test stage stays open
+    local name=$1 config=$2 work=$3 precision=$4
+    shift 4
+    local out="$work/openvino"
+    if [ "$precision" != f32 ]; then out="$out-$precision"; fi
+    stage "test $name OpenVINO $precision"
+    "$PYTHON" tools/test_onnx.py "$config" "$work/model.onnx" --runtime openvino \
+        --precision "$precision" --threads "$THREADS" --work-dir "$out" --cfg-options "$@"
+}
 test_bf16() {  # test_bf16 NAME CONFIG WORK_DIR CFG_OPTION...: test the last checkpoint under
     # bf16 autocast into WORK_DIR/bf16 (where bf16 is native); the test stage stays open
     local name=$1 config=$2 work=$3
@@ -123,6 +135,17 @@ sys.exit(0 if machine.native_bf16() else 1)'; then BF16=1; else BF16=0; fi
 if "$PYTHON" -c 'import sys; from convnext_backbone import compat
 from convnext_backbone.deploy.onnx_ops import EXPORT_TORCH
 sys.exit(0 if compat.torch_at_least(EXPORT_TORCH) else 1)' 2>/dev/null; then ONNX=1; else ONNX=0; fi
+# the exported files are also evaluated in OpenVINO where it is installed (the deploy extra), in
+# bf16 too where its CPU plugin lists BF16 (convnext_backbone.deploy.session.check_runtime)
+openvino_runs() {  # openvino_runs PRECISION: exit status 0 if OpenVINO runs PRECISION here
+    "$PYTHON" -c 'import sys; from convnext_backbone.deploy.session import check_runtime
+check_runtime("openvino", sys.argv[1])' "$1" 2>/dev/null
+}
+OV_PRECISIONS=()
+if [ "$ONNX" = 1 ] && openvino_runs f32; then
+    OV_PRECISIONS=(f32)
+    if openvino_runs bf16; then OV_PRECISIONS+=(bf16); fi
+fi
 
 echo "[demo] DEMO=$DEMO QUICK=$QUICK threads=$THREADS data=$DATA_DIR work=$WORK_DIR"
 echo "[demo] wall-clock times depend on the machine and on what else runs on it"
@@ -163,8 +186,19 @@ if [ "$DEMO" != seg ]; then
         ORT_SEGM=$(metric "$DET_WORK/onnxruntime/test_metrics.json" coco/segm_mAP)
         done_stage "bbox mAP $ORT_BBOX, segm mAP $ORT_SEGM"
         RESULTS+=("  ONNX Runtime: bbox mAP $ORT_BBOX, segm mAP $ORT_SEGM ($DET_WORK/model.onnx)")
+        for precision in ${OV_PRECISIONS[@]+"${OV_PRECISIONS[@]}"}; do
+            test_openvino "Mask R-CNN" "$DET_CFG" "$DET_WORK" "$precision" "${DET_DATA[@]}"
+            OV_METRICS="$DET_WORK/openvino$([ "$precision" = f32 ] || echo "-$precision")"
+            OV_BBOX=$(metric "$OV_METRICS/test_metrics.json" coco/bbox_mAP)
+            OV_SEGM=$(metric "$OV_METRICS/test_metrics.json" coco/segm_mAP)
+            done_stage "bbox mAP $OV_BBOX, segm mAP $OV_SEGM"
+            RESULTS+=("  OpenVINO $precision: bbox mAP $OV_BBOX, segm mAP $OV_SEGM ($OV_METRICS)")
+        done
     else
         RESULTS+=("  ONNX Runtime: skipped (the export needs a newer torch; docs/deploy.md)")
+    fi
+    if [ "$ONNX" = 1 ] && [ ${#OV_PRECISIONS[@]} = 0 ]; then
+        RESULTS+=("  OpenVINO: skipped (not installed: pip install openvino; docs/deploy.md)")
     fi
     RESULTS+=("  metrics  $DET_WORK/test_metrics.json, $DET_WORK/onnxruntime/test_metrics.json"
               "  pictures $DET_WORK/vis/ (boxes and masks on every val image)"
@@ -192,8 +226,18 @@ if [ "$DEMO" != det ]; then
         ORT_MIOU=$(metric "$SEG_WORK/onnxruntime/test_metrics.json" mIoU 0.01)
         done_stage "mIoU $ORT_MIOU"
         RESULTS+=("  ONNX Runtime: mIoU $ORT_MIOU ($SEG_WORK/model.onnx)")
+        for precision in ${OV_PRECISIONS[@]+"${OV_PRECISIONS[@]}"}; do
+            test_openvino UperNet "$SEG_CFG" "$SEG_WORK" "$precision" "${SEG_DATA[@]}"
+            OV_METRICS="$SEG_WORK/openvino$([ "$precision" = f32 ] || echo "-$precision")"
+            OV_MIOU=$(metric "$OV_METRICS/test_metrics.json" mIoU 0.01)
+            done_stage "mIoU $OV_MIOU"
+            RESULTS+=("  OpenVINO $precision: mIoU $OV_MIOU ($OV_METRICS)")
+        done
     else
         RESULTS+=("  ONNX Runtime: skipped (the export needs a newer torch; docs/deploy.md)")
+    fi
+    if [ "$ONNX" = 1 ] && [ ${#OV_PRECISIONS[@]} = 0 ]; then
+        RESULTS+=("  OpenVINO: skipped (not installed: pip install openvino; docs/deploy.md)")
     fi
     RESULTS+=("  metrics  $SEG_WORK/test_metrics.json, $SEG_WORK/onnxruntime/test_metrics.json"
               "  pictures $SEG_WORK/vis/vis_data/vis_image/ (coloured prediction beside ground truth)"

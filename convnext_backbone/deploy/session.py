@@ -1,70 +1,69 @@
-"""An ONNX Runtime CPU session of one exported file, and the graph kind written into it."""
-from typing import Dict, Optional, Sequence
+"""Open an exported file in a runtime: :func:`open_session` (ONNX Runtime or OpenVINO, CPU).
 
-import torch
-from torch import Tensor
+The session interface is :class:`~.graph_session.GraphSession` (inputs -> outputs by name); its
+implementations are :class:`~.ort_session.OnnxRuntimeSession` and
+:class:`~.ov_session.OpenVINOSession`. :class:`OnnxGraph`, :data:`SCOPES`, :func:`file_kind` and
+:func:`require_kind` keep the names this module had when it held the ONNX Runtime session.
+"""
+from typing import Optional
 
-from .export import META
+from .graph_session import PRECISIONS, SCOPES, DeployError, GraphSession, file_kind, require_kind
+from .ort_session import OnnxRuntimeSession
+from .ov_session import OpenVINOSession, check_precision, import_openvino
 
-__all__ = ['SCOPES', 'OnnxGraph', 'file_kind', 'require_kind']
+__all__ = ['PRECISIONS', 'RUNTIMES', 'SCOPES', 'DeployError', 'GraphSession', 'OnnxGraph',
+           'check_runtime', 'file_kind', 'open_session', 'require_kind']
 
-#: The config scope each graph kind is evaluated in.
-SCOPES = {'detector': 'mmdet', 'segmentor': 'mmseg'}
+#: The runtimes, by the name ``tools/test_onnx.py --runtime`` takes.
+RUNTIMES = {'onnxruntime': OnnxRuntimeSession, 'openvino': OpenVINOSession}
+#: The ONNX Runtime session, by its earlier name.
+OnnxGraph = OnnxRuntimeSession
 
 
-class OnnxGraph:
-    """An ONNX Runtime CPU session of one exported file, with the metadata we wrote into it.
+def check_runtime(runtime: str, precision: str = 'f32') -> None:
+    """Refuse, in one line, a runtime or precision that cannot run here, before anything is
+    loaded.
+
+    Args:
+        runtime (str): A key of :data:`RUNTIMES`.
+        precision (str): One of :data:`PRECISIONS`; ONNX Runtime runs 'f32' only. Defaults to
+            'f32'.
+
+    Raises:
+        DeployError: An unknown runtime or precision, bf16 asked of ONNX Runtime, OpenVINO not
+            installed, or bf16 on a CPU without native bf16 (each says what to do).
+    """
+    if runtime not in RUNTIMES:
+        raise DeployError(f'--runtime {runtime}: use one of {", ".join(RUNTIMES)}')
+    if precision not in PRECISIONS:
+        raise DeployError(f'--precision {precision}: use one of {", ".join(PRECISIONS)}')
+    if runtime == 'onnxruntime' and precision != 'f32':
+        raise DeployError(f'--precision {precision}: ONNX Runtime runs the float32 graph in '
+                          'float32 only; use --runtime openvino for bf16, or --precision f32')
+    if runtime == 'openvino':
+        check_precision(import_openvino().Core(), precision)
+
+
+def open_session(path: str, runtime: str = 'onnxruntime', threads: Optional[int] = None,
+                 precision: str = 'f32') -> GraphSession:
+    """Open ``path`` in ``runtime`` on the CPU.
 
     Args:
         path (str): The ``.onnx`` file (from ``tools/export_onnx.py``).
-        threads (int, optional): ONNX Runtime's intra-op threads; None leaves its default (one
-            per core). Defaults to None.
+        runtime (str): 'onnxruntime' or 'openvino'. Defaults to 'onnxruntime'.
+        threads (int, optional): The runtime's intra-op threads (ONNX Runtime's
+            ``intra_op_num_threads``, OpenVINO's ``INFERENCE_NUM_THREADS``); None leaves its
+            default. Defaults to None.
+        precision (str): 'f32', or 'bf16' (OpenVINO only, where the CPU has native bf16).
+            Defaults to 'f32'.
 
-    Attributes:
-        kind (str): 'detector', 'segmentor' or 'backbone' ('' for a file not written by us).
-        metadata (dict): Our metadata entries, without the key prefix.
-        output_names (list[str]): The graph's outputs, in order.
+    Returns:
+        GraphSession: The session.
+
+    Raises:
+        DeployError: :func:`check_runtime` refuses.
     """
-
-    def __init__(self, path: str, threads: Optional[int] = None) -> None:
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: not every CastLike can be constant-folded
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        self.path = path
-        self.session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = {k[len(META):]: v for k, v in meta.items() if k.startswith(META)}
-        self.kind = self.metadata.get('graph', '')
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, image: Tensor, outputs: Optional[Sequence[str]] = None
-                 ) -> Dict[str, Tensor]:
-        """Run on ``image`` (N, 3, H, W) float RGB 0..255; returns ``{output name: tensor}``
-        for ``outputs`` (default: all)."""
-        names = list(outputs) if outputs is not None else self.output_names
-        arrays = self.session.run(
-            names, {'image': image.detach().to('cpu', torch.float32).contiguous().numpy()})
-        return {name: torch.from_numpy(array) for name, array in zip(names, arrays)}
-
-    def require(self, kind: str) -> None:
-        """Raise ``ValueError`` (one line) unless this graph is a ``kind`` graph."""
-        require_kind(self.path, self.kind, kind)
-
-
-def require_kind(path: str, found: str, wanted: str) -> None:
-    """Raise ``ValueError`` (one line) unless the graph kind ``found`` in ``path`` is
-    ``wanted``."""
-    if found != wanted:
-        held = f'a {found} graph' if found else 'no graph exported by tools/export_onnx.py'
-        raise ValueError(f'{path} holds {held}; this needs a {wanted} graph '
-                         f'(tools/export_onnx.py with a {SCOPES.get(wanted, wanted)} config)')
-
-
-def file_kind(path: str) -> str:
-    """The graph kind written into an exported file ('' if none), read without its weights."""
-    import onnx
-    props = onnx.load(path, load_external_data=False).metadata_props
-    return next((p.value for p in props if p.key == META + 'graph'), '')
+    check_runtime(runtime, precision)
+    if runtime == 'onnxruntime':
+        return OnnxRuntimeSession(path, threads)
+    return OpenVINOSession(path, threads, precision)
