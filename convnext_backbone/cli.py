@@ -228,13 +228,14 @@ def one_line_errors() -> Iterator[None]:
     """Turn a ``UserError`` raised inside into ``fail(message, code=1)`` (re-raised with
     ``--debug``: :func:`convnext_backbone.errors.one_line`), and a stop on a signal
     (``TrainingStopped``, its checkpoint written) into exit status :data:`EXIT_STOPPED`."""
-    from .engine.dist import close_process_group
+    from .engine.dist import close_process_group, exit_process
     from .engine.preemption import TrainingStopped
     try:
         with one_line(code=1):
             yield
     except TrainingStopped:  # every rank stops at the same iteration
-        close_process_group()
+        if close_process_group():
+            exit_process(EXIT_STOPPED)
         sys.exit(EXIT_STOPPED)
 
 

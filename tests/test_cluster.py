@@ -98,7 +98,8 @@ def test_a_signal_stops_after_that_iteration_with_its_checkpoint_and_resume_matc
 WORKERS_SCRIPT = '''
 import os, signal, sys
 from mmengine.hooks import Hook
-from test_resume import ToyData, ToyModel
+from helpers import ToyRegressionData as ToyData
+from test_resume import ToyModel
 from convnext_backbone import cli
 from convnext_backbone.engine import ResumableRunner
 
@@ -133,6 +134,39 @@ def test_a_signal_to_every_process_of_the_job_spares_the_data_loader_workers(tmp
     assert proc.returncode == cli.EXIT_STOPPED, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert _load(tmp_path / 'work' / 'iter_3.pth')['meta']['iter'] == 3
     assert 'DataLoader worker' not in proc.stderr
+
+
+EXIT_SCRIPT = '''
+import atexit, logging, os, sys
+import torch.distributed as dist
+from convnext_backbone.engine.dist import close_process_group, exit_process
+dist.init_process_group('gloo', rank=0, world_size=1)
+atexit.register(lambda: open(sys.argv[1], 'w').write('atexit ran'))
+logging.basicConfig(filename=sys.argv[2], level=logging.INFO)
+logging.info('logged before the exit')
+sys.stdout.write('printed without a newline')
+print(close_process_group(), close_process_group(), end=' ')
+exit_process(7)
+'''
+
+
+def test_a_distributed_rank_ends_by_exit_process_after_atexit_functions_and_flushed_logs(tmp_path):
+    # A regression test of the ending that skips gloo's teardown at interpreter exit: the
+    # process's status is the given one, atexit functions ran, logs and stdout are complete,
+    # and the second close_process_group finds no group.
+    script, done, log = tmp_path / 'exit.py', tmp_path / 'atexit.txt', tmp_path / 'log.txt'
+    script.write_text(EXIT_SCRIPT)
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
+               PYTHONPATH=ROOT)
+    proc = subprocess.run([PY, str(script), str(done), str(log)], env=env, cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 7, proc.stderr[-2000:]
+    assert proc.stdout == 'printed without a newlineTrue False '
+    assert done.read_text() == 'atexit ran'
+    assert 'logged before the exit' in log.read_text()
 
 
 @pytest.mark.parametrize('args, shown', [(['x'], 'x'), (['-1'], '-1'), ([], '')])

@@ -21,7 +21,7 @@ from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 
 from convnext_backbone import cli, errors, precision
-from convnext_backbone.engine.dist import close_process_group
+from convnext_backbone.engine.dist import close_process_group, exit_process
 
 # mmdet's default flip TTA, as mmdet's tools/test.py builds it for configs without tta_model.
 DET_TTA_MODEL = dict(type='DetTTAModel',
@@ -140,7 +140,8 @@ def main() -> None:
             json.dump({k: v.tolist() if hasattr(v, 'tolist') else v
                        for k, v in (metrics or {}).items()}, f, indent=2)
         print_log(f'Test metrics written to {osp.abspath(path)}', logger='current')
-    close_process_group()
+    if close_process_group():
+        exit_process(0)
 
 
 if __name__ == '__main__':

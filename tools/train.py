@@ -26,7 +26,7 @@ import torch
 from mmengine.logging import print_log
 
 from convnext_backbone import cli, errors
-from convnext_backbone.engine.dist import close_process_group
+from convnext_backbone.engine.dist import close_process_group, exit_process
 from convnext_backbone.engine.preemption import resume_after_restart
 
 
@@ -74,9 +74,11 @@ def main() -> None:
 
     with cli.one_line_errors():
         cli.build_runner(cfg).train()
-    close_process_group()
+    distributed = close_process_group()
     print_log(f'Training done: checkpoints and logs are in {osp.abspath(cfg.work_dir)}',
               logger='current')
+    if distributed:
+        exit_process(0)
 
 
 if __name__ == '__main__':
