@@ -23,7 +23,7 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import compat, fast_path, machine, ops
+from . import compat, fast_path, head, machine, ops
 from .archs import ARCH_SETTINGS, LN_EPS, resolve_arch
 from .checkpoint import load_pretrained
 from .keywords import mmpretrain_arguments
@@ -77,8 +77,10 @@ class Block(nn.Module):
         On the CPU the part from pwconv1 to the residual add may run as one fast kernel (oneDNN
         products with the bias, GELU or residual add inside, or a cache-blocked MLP; ``ops.py``)
         instead of the modules one by one, only where ``fast_path.decide`` proves it computes
-        the same function (:meth:`why_not_fast_path` says why not). Otherwise the modules run
-        as written, as in ``torch.nn.TransformerEncoderLayer``'s fast path.
+        the same function (:meth:`why_not_fast_path` says why not); in inference dwconv ->
+        norm may run as our compiled kernel (``head.py``, ``fast_path.head_reason``).
+        Otherwise the modules run as written, as in ``torch.nn.TransformerEncoderLayer``'s
+        fast path.
     """
 
     def __init__(self, dim: int, drop_path: float = 0., layer_scale_init_value: float = 1e-6,
@@ -96,10 +98,13 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x                                                  # (N, H, W, C)
-        # A channels-last view of x: the conv reads and writes NHWC memory, no copy.
-        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)    # (N, H, W, C)
-        x = self.norm(x)
-        path = fast_path.decide(self, x, shortcut)
+        path = fast_path.decide(self, x)                              # once per call
+        if path.kind == fast_path.INFERENCE and fast_path.native_head(self, x):
+            x = head.dwconv_norm(x, self.dwconv, self.norm)           # the same function
+        else:
+            # A channels-last view of x: the conv reads and writes NHWC memory, no copy.
+            x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (N, H, W, C)
+            x = self.norm(x)
         if path.kind == fast_path.INFERENCE:                          # the same function
             return ops.residual_mlp(x, *self._pwconv_weights(), shortcut, self.gamma, self.grn)
         if path.kind == fast_path.TRAINING:                           # the same function
@@ -117,7 +122,7 @@ class Block(nn.Module):
         computes the same function and runs instead; see ``fast_path.decide``).
 
         Args:
-            x (torch.Tensor): The normed input of pwconv1, (N, H, W, C).
+            x (torch.Tensor): The block input, (N, H, W, C).
 
         Returns:
             str: The first condition that fails, or ''.

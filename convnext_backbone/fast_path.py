@@ -1,4 +1,4 @@
-"""May the block's tail run as one fast kernel? The guard, and the one decision of its path.
+"""May the block run fast kernels? The guard, and the one decision of its path.
 
 A ConvNeXt block's tail (pwconv1 -> act [-> grn] -> pwconv2 -> layer scale -> drop path -> +
 shortcut) takes one of three paths, decided once per block call by :func:`decide`:
@@ -16,17 +16,23 @@ subclass, no deterministic mode (``torch.use_deterministic_algorithms``), not un
 compile or export, the ``plain`` policy not set, contiguous CPU tensors of a dtype oneDNN
 computes; with gradients, float32 without autocast and no GRN. This is the pattern of
 ``torch.nn.TransformerEncoderLayer``'s fast path (``torch/nn/modules/transformer.py``).
+
+On the inference path the block's head ``norm(dwconv(x))`` may run as our compiled kernel too
+(``head.dwconv_norm``) where :func:`head_reason` finds nothing against it: dwconv exactly an
+``nn.Conv2d`` 7x7, depthwise, stride 1, zero padding 3, dilation 1, with bias; norm exactly an
+``nn.LayerNorm`` over C with weight and bias; no hooks on either; float32 or bfloat16 compute,
+the parameters in the input's dtype outside autocast; the kernel built and loaded.
 """
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
-from . import compat, ops, tuning
+from . import compat, native, ops, tuning
 
 __all__ = ['INFERENCE', 'MODULES', 'TRAINING', 'Path', 'decide', 'has_hooks',
-           'global_module_hooks', 'plain_only']
+           'global_module_hooks', 'head_reason', 'native_head', 'plain_only']
 
 INFERENCE, TRAINING, MODULES = 'inference', 'training', 'modules'
 
@@ -66,19 +72,21 @@ def global_module_hooks() -> bool:
     return any(getattr(module_hooks, name, None) for name in _GLOBAL_HOOK_TABLES)
 
 
-def decide(block: nn.Module, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> Path:
+def decide(block: nn.Module, x: torch.Tensor) -> Path:
     """The path of a block's tail for this call; whether gradients are needed is checked here
     once.
 
     Args:
-        block (nn.Module): A ``convnext.Block`` (pwconv1, act, grn, pwconv2, gamma, drop path).
-        x (torch.Tensor): The normed input of pwconv1, (N, H, W, C).
-        shortcut (torch.Tensor, optional): The block input, (N, H, W, C). Defaults to ``x``.
+        block (nn.Module): A ``convnext.Block`` (dwconv, norm, pwconv1, act, grn, pwconv2,
+            gamma, drop path).
+        x (torch.Tensor): The block input, (N, H, W, C): the residual, and through dwconv and
+            norm (which keep its dtype, device and subclass and give a contiguous tensor) the
+            input of pwconv1.
 
     Returns:
         Path: The kind of path, and for the modules the first condition that fails.
     """
-    shortcut = x if shortcut is None else shortcut
+    shortcut = x
     linears = {'pwconv1': block.pwconv1, 'pwconv2': block.pwconv2}
     if plain_only():
         return Path(MODULES, 'tracing, compiling or exporting')
@@ -108,9 +116,11 @@ def decide(block: nn.Module, x: torch.Tensor, shortcut: Optional[torch.Tensor] =
         return Path(MODULES, f'oneDNN has no {dtype} kernels here')
     if not (x.is_contiguous() and shortcut.is_contiguous()):
         return Path(MODULES, 'the input or the residual is not contiguous')
-    # The one gradient check of the call: the MLP's tensors, then those of the tail after it.
+    # The one gradient check of the call: the MLP's tensors (its input is norm(dwconv(x))),
+    # then those of the tail after it.
     grad_mode = torch.is_grad_enabled()
-    with_grad = grad_mode and any(t.requires_grad for t in (x, *params))
+    head = (*block.dwconv.parameters(), *block.norm.parameters())
+    with_grad = grad_mode and any(t.requires_grad for t in (x, *head, *params))
     tail_grad = with_grad or (grad_mode and any(
         p.requires_grad for p in (shortcut, block.gamma, *_grn_params(block)) if p is not None))
     if not (tail_grad or block.drop_prob() > 0):
@@ -121,6 +131,48 @@ def decide(block: nn.Module, x: torch.Tensor, shortcut: Optional[torch.Tensor] =
     if block.grn is not None:
         return Path(MODULES, 'GRN with gradients or drop path: no training kernel', with_grad)
     return Path(TRAINING, '', with_grad)
+
+
+def head_reason(block: nn.Module, x: torch.Tensor) -> str:
+    """Why the block's head ``norm(dwconv(x))`` may not run as our kernel on the inference path
+    ('' when it may; call it only where :func:`decide` gave :data:`INFERENCE`).
+
+    Args:
+        block (nn.Module): A ``convnext.Block``.
+        x (torch.Tensor): The block input, (N, H, W, C).
+
+    Returns:
+        str: The first condition that fails, or ''.
+    """
+    conv, norm, channels = block.dwconv, block.norm, x.shape[-1]
+    if type(conv) is not nn.Conv2d:
+        return f'dwconv is a {type(conv).__name__}, not an nn.Conv2d'
+    geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+                conv.in_channels, conv.out_channels, conv.padding_mode)
+    if geometry != ((7, 7), (1, 1), (3, 3), (1, 1), channels, channels, channels, 'zeros'):
+        return f'dwconv is {conv!r}, not a depthwise 7x7 conv with zero padding 3'
+    if conv.bias is None:
+        return 'dwconv has no bias'
+    if type(norm) is not nn.LayerNorm:
+        return f'norm is a {type(norm).__name__}, not an nn.LayerNorm'
+    if (tuple(norm.normalized_shape) != (channels,) or norm.weight is None
+            or norm.bias is None):
+        return f'norm is {norm!r}, not a LayerNorm over C with weight and bias'
+    for name, module in (('dwconv', conv), ('norm', norm)):
+        if has_hooks(module):
+            return f'{name} has hooks'
+    dtype = ops.compute_dtype(x)
+    if dtype not in (torch.float32, torch.bfloat16):
+        return f'the head kernel computes float32 and bfloat16, not {dtype}'
+    head = (conv.weight, conv.bias, norm.weight, norm.bias)
+    if not compat.autocast_enabled('cpu') and any(p.dtype != x.dtype for p in head):
+        return 'a dwconv or norm parameter is not in the input dtype'
+    return native.unavailable_reason()
+
+
+def native_head(block: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the block's head may run as our kernel (:func:`head_reason` is '')."""
+    return head_reason(block, x) == ''
 
 
 def _grn_params(block: nn.Module) -> tuple:

@@ -249,13 +249,24 @@ def inference_shape(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
         rows_log2=_rows(x).bit_length(), threads=torch.get_num_threads())
 
 
+def _add_inside(x: torch.Tensor, shortcut: torch.Tensor, scale: Optional[torch.Tensor]) -> bool:
+    """Whether the residual add may run inside the second product: the residual in the compute
+    dtype, and no layer scale or all of float32 (the scale is then folded into the product:
+    ``(scale * w2) h + scale * b2`` instead of ``scale * (w2 h + b2)``, equal up to float32
+    rounding; in bfloat16 the folded weight would round differently)."""
+    dtype = compute_dtype(x)
+    if shortcut.dtype != dtype:
+        return False
+    return scale is None or dtype == scale.dtype == torch.float32
+
+
 def inference_kernels(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
                       scale: Optional[torch.Tensor], mid: bool) -> List[tuning.Kernel]:
     """The kernels that may compute a call of :func:`residual_mlp`, plain first: ``plain``,
-    ``onednn``; ``onednn_add`` without a layer scale and with the residual in the compute dtype;
-    ``blocked`` without ``mid``, for each of :func:`block_sizes`."""
+    ``onednn``; ``onednn_add`` with the residual in the compute dtype and no layer scale or all
+    of float32; ``blocked`` without ``mid``, for each of :func:`block_sizes`."""
     kernels = [PLAIN, ONEDNN]
-    if scale is None and shortcut.dtype == compute_dtype(x):
+    if _add_inside(x, shortcut, scale):
         kernels.append(ONEDNN_ADD)
     if not mid:
         kernels += [blocked(rows) for rows in block_sizes(_rows(x), w1.shape[0],
@@ -281,7 +292,9 @@ def run_inference(kernel: tuning.Kernel, x: torch.Tensor, w1: torch.Tensor, b1: 
         return _tail(shortcut, F.linear(hidden(F.gelu(F.linear(x, w1, b1))), w2, b2), scale)
     if kernel == ONEDNN:
         return _tail(shortcut, linear(hidden(linear_gelu(x, w1, b1)), w2, b2), scale)
-    if kernel == ONEDNN_ADD and scale is None:
+    if kernel == ONEDNN_ADD and _add_inside(x, shortcut, scale):
+        if scale is not None:  # folded into the product (float32)
+            w2, b2 = w2 * scale[:, None], b2 * scale
         return linear_add(hidden(linear_gelu(x, w1, b1)), w2, b2, shortcut)
     if kernel.name == 'blocked' and mid is None:
         return blocked_residual_mlp(x, w1, b1, w2, b2, shortcut, scale, kernel.rows)

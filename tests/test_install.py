@@ -55,6 +55,7 @@ def test_the_wheel_carries_recipes_and_tools_under_mim(wheel):
                                                                          '*.py'), recursive=True)}
     assert {f'convnext_backbone/.mim/{c}' for c in configs} <= names  # every recipe
     assert not any(n.startswith(('tests/', 'configs/', 'tools/')) for n in names)
+    assert 'convnext_backbone/native/dwconv_norm.cpp' in names  # built where it is installed
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith('entry_points.txt'))).decode()
     for name in _scripts():

@@ -14,7 +14,7 @@ from helpers import ROOT
 from reference import RefConvNeXt, randomise_
 from torch import nn
 
-from convnext_backbone import ConvNeXt, fast_path, ops, tuning
+from convnext_backbone import ConvNeXt, fast_path, native, ops, tuning
 
 pytestmark = [pytest.mark.core, pytest.mark.usefixtures('fresh_decisions')]
 
@@ -51,7 +51,8 @@ def test_an_unmodified_block_in_eval_takes_the_fast_path():
     with torch.no_grad():
         assert block.why_not_fast_path(torch.randn(1, 16, 16, 16)) == ''
         outs = model.eval()(x)
-    assert {shape.op for shape in tuning.decisions()} == {'inference'}
+    assert {shape.op for shape in tuning.decisions()} == (
+        {'inference', 'head'} if native.available() else {'inference'})
     assert _rel(outs, ref(x)) < 1e-5
 
 
@@ -362,12 +363,12 @@ def test_a_pinned_kernel_runs_with_its_own_block_rows(tmp_path, monkeypatch):
                         lambda *a, **k: rows.append(a[-1]) or real(*a, **k))
     with torch.no_grad():
         model.eval()(x)  # decide every class, then pin stage 0's to blocks of 40 rows
-        stage0 = next(s for s in tuning.decisions() if s.channels == 16)
+        stage0 = next(s for s in tuning.decisions() if s.channels == 16 and s.op == 'inference')
         path = tmp_path / 'pinned.json'
         tuning.save(str(path))
         data = json.loads(path.read_text())
         for entry in data['decisions']:
-            if entry['shape']['channels'] == 16:
+            if entry['shape']['channels'] == 16 and entry['shape']['op'] == 'inference':
                 entry['kernel'] = dict(name='blocked', rows=40)
         path.write_text(json.dumps(data))
         tuning.reset()
@@ -414,8 +415,11 @@ def test_every_decision_is_logged_in_one_line(capsys):
         ConvNeXt(V1).eval()(torch.randn(1, 3, 64, 64))
     lines = [line for line in capsys.readouterr().out.splitlines()
              if 'convnext_backbone fast path for' in line]
-    assert len(lines) == len(tuning.decisions()) == 4  # one per stage's shape class
-    assert all('inference MLP C=' in line and 'fastest of plain' in line for line in lines)
+    heads = native.available()  # and the dwconv+LayerNorm head's, where our kernel is built
+    assert len(lines) == len(tuning.decisions()) == (8 if heads else 4)  # per stage's classes
+    assert sum('inference MLP C=' in line for line in lines) == 4
+    assert sum('dwconv+LayerNorm C=' in line for line in lines) == (4 if heads else 0)
+    assert all('fastest of plain' in line for line in lines)
 
 
 class _Images(torch.utils.data.Dataset):

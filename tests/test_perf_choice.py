@@ -58,7 +58,7 @@ def test_a_forced_slow_probe_falls_back_to_the_plain_ops(monkeypatch):
     (decision,) = tuning.decisions().values()
     assert probed == {'blocked_residual_mlp', 'linear_gelu'}  # the fast candidates were timed
     assert decision.kernel == ops.PLAIN and decision.source == 'probe'
-    assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.blocked(16)}
+    assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.ONEDNN_ADD, ops.blocked(16)}
     assert calls == []                                         # and are not run any more
     expected = _expected(x, params, shortcut, scale)
     for got in (first, again):
@@ -118,7 +118,7 @@ def test_a_machine_wide_slowdown_keeps_the_decision_without_probing_again(monkey
 
 
 @pytest.mark.parametrize('with_scale', [True, False], ids=['layer scale', 'no scale'])
-def test_the_residual_add_inside_the_product_is_a_candidate_only_without_a_layer_scale(
+def test_the_residual_add_inside_the_product_is_a_candidate_in_float32_with_or_without_scale(
         monkeypatch, with_scale):
     if not ops.mkldnn_linear_available(torch.float32):
         pytest.skip('no oneDNN: only the plain ops exist here')
@@ -129,8 +129,7 @@ def test_the_residual_add_inside_the_product_is_a_candidate_only_without_a_layer
         got = ops.residual_mlp(x, *params, shortcut, scale)
     ((shape, decision),) = tuning.decisions().items()
     assert shape.layer_scale is with_scale
-    expected = {ops.PLAIN, ops.ONEDNN, ops.blocked(16)} | (set() if with_scale
-                                                          else {ops.ONEDNN_ADD})
+    expected = {ops.PLAIN, ops.ONEDNN, ops.ONEDNN_ADD, ops.blocked(16)}
     assert set(decision.seconds) == expected
     want = _expected(x, params, shortcut, scale if with_scale else torch.ones(8))
     assert (got - want).norm() / want.norm() < 1e-5
@@ -262,8 +261,8 @@ def test_the_probe_times_several_block_sizes_around_the_l2_size(monkeypatch):
     with torch.no_grad():
         ops.residual_mlp(x, *params, shortcut, scale)
     ((_, decision),) = tuning.decisions().items()
-    assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.blocked(64), ops.blocked(128),
-                                     ops.blocked(256)}
+    assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.ONEDNN_ADD, ops.blocked(64),
+                                     ops.blocked(128), ops.blocked(256)}
 
 
 def test_training_decisions_are_kept_through_a_slow_drift_and_with_cp_recomputation(

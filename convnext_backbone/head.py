@@ -1,0 +1,99 @@
+"""The ConvNeXt block's head ``norm(dwconv(x))`` on the CPU, without autograd: the plain ops or
+our compiled kernel (``convnext_backbone.native``), decided by the tuner.
+
+The kernel computes the depthwise 7x7 conv of each pixel into a buffer that stays in L1 and
+normalises it there: the conv output never makes a round trip through memory for a separate
+LayerNorm pass, and under CPU autocast the LayerNorm writes bfloat16 for the products next. Both
+kernels are :class:`~.tuning.Kernel` s of the shape class 'head'; which one runs is decided once
+per process and shape class by timing them on this machine (or pinned from a file), as for the
+MLP (``ops.py``).
+
+Whether the block may call :func:`dwconv_norm` at all is decided in
+``convnext_backbone.fast_path`` (:func:`~.fast_path.head_reason`).
+"""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import native, tuning
+from .ops import compute_dtype
+
+__all__ = ['NATIVE', 'PLAIN', 'dwconv_norm', 'head_kernels', 'head_shape', 'run_head']
+
+PLAIN, NATIVE = tuning.Kernel('plain'), tuning.Kernel('native')
+
+
+def head_shape(x: torch.Tensor) -> tuning.ShapeClass:
+    """The :class:`~.tuning.ShapeClass` of a call of :func:`dwconv_norm` on ``x`` (N, H, W, C)."""
+    name = str(compute_dtype(x)).replace('torch.', '')
+    return tuning.ShapeClass(
+        op='head', channels=x.shape[-1], hidden=0, dtype=name,
+        residual=str(x.dtype).replace('torch.', ''), layer_scale=False, grn=False,
+        input_grad=False, rows_log2=(x.numel() // x.shape[-1]).bit_length(),
+        threads=torch.get_num_threads())
+
+
+def head_kernels() -> list:
+    """The kernels that may compute the head, plain first; ``native`` where it is loaded."""
+    return [PLAIN, NATIVE] if native.available() else [PLAIN]
+
+
+def _native_args(x: torch.Tensor, dwconv: nn.Conv2d,
+                 norm: nn.LayerNorm) -> Tuple[torch.Tensor, ...]:
+    """The kernel's inputs: float32 parameters (the conv's as (7, 7, C)); where the conv
+    computes in bfloat16 (autocast, or a bfloat16 model) its weight and bias rounded to bfloat16
+    as the conv sees them, and whether the kernel reads a float32 input as its bfloat16
+    rounding."""
+    channels = x.shape[-1]
+    rounded = compute_dtype(x) == torch.bfloat16
+    weight, bias = dwconv.weight, dwconv.bias
+    if rounded:
+        weight, bias = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
+    weight = weight.float().reshape(channels, 49).t().contiguous().view(7, 7, channels)
+    return (x, weight, bias.float().contiguous(), norm.weight.float().contiguous(),
+            norm.bias.float().contiguous(), rounded)
+
+
+def run_head(kernel: tuning.Kernel, x: torch.Tensor, dwconv: nn.Conv2d,
+             norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(dwconv(x))`` computed by ``kernel``, without autograd.
+
+    Args:
+        kernel (Kernel): :data:`PLAIN` or :data:`NATIVE`.
+        x (torch.Tensor): (N, H, W, C), contiguous, float32 or bfloat16.
+        dwconv (nn.Conv2d): The block's depthwise 7x7 conv (padding 3, with bias).
+        norm (nn.LayerNorm): The block's LayerNorm over C.
+
+    Returns:
+        torch.Tensor: (N, H, W, C). The plain ops give the modules' dtype; the kernel gives
+        the compute dtype (:func:`~.ops.compute_dtype`; under autocast bfloat16 where the
+        modules give float32 with the same values, which the products round to bfloat16 first).
+    """
+    if kernel == PLAIN:
+        y = F.conv2d(x.permute(0, 3, 1, 2), dwconv.weight, dwconv.bias, 1, 3, 1, x.shape[-1])
+        return F.layer_norm(y.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight,
+                            norm.bias, norm.eps)
+    if kernel == NATIVE and native.available():
+        x, weight, bias, gamma, beta, rounded = _native_args(x, dwconv, norm)
+        out_dtype = torch.bfloat16 if rounded else torch.float32
+        return torch.ops.convnext_backbone.dwconv7x7_layer_norm(
+            x, weight, bias, gamma, beta, norm.eps, rounded and x.dtype == torch.float32,
+            rounded, out_dtype)
+    raise ValueError(f'kernel {kernel} cannot compute the dwconv+LayerNorm head')
+
+
+def dwconv_norm(x: torch.Tensor, dwconv: nn.Conv2d, norm: nn.LayerNorm) -> torch.Tensor:
+    """Inference: the block's ``norm(dwconv(x))`` by the kernel decided for its shape class.
+
+    Args:
+        x (torch.Tensor): (N, H, W, C), the block input, contiguous, on the CPU.
+        dwconv (nn.Conv2d): The block's depthwise 7x7 conv.
+        norm (nn.LayerNorm): The block's LayerNorm.
+
+    Returns:
+        torch.Tensor: (N, H, W, C), as :func:`run_head`.
+    """
+    return tuning.choose(head_shape(x), head_kernels(),
+                         lambda kernel: run_head(kernel, x, dwconv, norm))[1]

@@ -1,0 +1,106 @@
+"""Our compiled kernel: the block's dwconv 7x7 -> LayerNorm in one pass (``dwconv_norm.cpp``).
+
+It is built once per torch and Python version and source, with torch's C++ extension builder
+(``torch.utils.cpp_extension.load``: a C++ compiler and ninja), into a cache folder keyed by all
+three (``~/.cache/convnext-backbone/native/``, ``CONVNEXT_NATIVE_CACHE`` to move it), the way
+``tools/install.sh`` caches mmcv's wheel by torch. ``tools/install.sh`` builds it; a process that
+finds no build builds it at its first use (logged). Where it cannot be built or loaded, one line
+is logged and the block runs its modules (``fast_path.head_reason`` names the reason);
+``CONVNEXT_NATIVE=0`` turns it off.
+
+The library registers ``torch.ops.convnext_backbone.dwconv7x7_layer_norm``; it runs its rows on
+torch's own intra-op threads (OpenMP symbols resolved from the libgomp torch loaded).
+"""
+import functools
+import hashlib
+import logging
+import os
+import os.path as osp
+import sys
+import sysconfig
+
+import torch
+from mmengine.logging import print_log
+
+__all__ = ['ENV', 'SOURCE', 'available', 'build', 'cache_dir', 'unavailable_reason']
+
+#: Set to 0 to never build or load the kernel.
+ENV = 'CONVNEXT_NATIVE'
+SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'dwconv_norm.cpp')
+_NAME = 'convnext_backbone_native'
+_FLAGS = ['-O3', '-fopenmp']  # no -fopenmp at link time: torch's libgomp provides the runtime
+
+
+def cache_dir() -> str:
+    """The build folder of this torch, Python and source."""
+    with open(SOURCE, 'rb') as f:
+        digest = hashlib.sha256(f.read() + ' '.join(_FLAGS).encode()).hexdigest()[:12]
+    root = os.environ.get('CONVNEXT_NATIVE_CACHE') or osp.join(
+        osp.expanduser('~'), '.cache', 'convnext-backbone', 'native')
+    version = f'torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}'
+    return osp.join(root, f'{version}-{digest}')
+
+
+def build(verbose: bool = False) -> str:
+    """Build the library into :func:`cache_dir` if it is not there, and return its path.
+
+    Args:
+        verbose (bool): Show the compiler's output. Defaults to False.
+
+    Returns:
+        str: The path of the shared library.
+
+    Raises:
+        Exception: What the builder raised (no compiler, no ninja, a compile error).
+    """
+    from torch.utils import cpp_extension
+    folder = cache_dir()
+    library = osp.join(folder, f'{_NAME}.so')
+    if osp.isfile(library):
+        return library
+    os.makedirs(folder, exist_ok=True)
+    # ninja from this Python's environment first (pip's ninja), then the system's
+    scripts = sysconfig.get_path('scripts')
+    env_path = os.environ.get('PATH', '')
+    if scripts and scripts not in env_path.split(os.pathsep):
+        os.environ['PATH'] = os.pathsep.join([scripts, env_path])
+    quiet = logging.getLogger('torch.utils.cpp_extension')  # its compiler-ABI banners
+    level = quiet.level
+    quiet.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    try:
+        cpp_extension.load(name=_NAME, sources=[SOURCE], build_directory=folder,
+                           extra_cflags=_FLAGS, is_python_module=False, verbose=verbose)
+    finally:
+        quiet.setLevel(level)
+    return library
+
+
+@functools.lru_cache(maxsize=None)
+def unavailable_reason() -> str:
+    """Why the kernel cannot run in this process ('' when it is loaded); builds or loads it on
+    the first call, and logs one line where it cannot."""
+    if os.environ.get(ENV, '1') == '0':
+        return f'{ENV}=0'
+    built = osp.isfile(osp.join(cache_dir(), f'{_NAME}.so'))
+    if not built:
+        print_log(f'convnext_backbone: building the dwconv+LayerNorm kernel once into '
+                  f'{cache_dir()} (tools/install.sh builds it at install)', logger='current')
+    try:
+        library = build()
+        if not hasattr(torch.ops.convnext_backbone, 'dwconv7x7_layer_norm'):
+            torch.ops.load_library(library)
+    except Exception as err:  # noqa: BLE001 - any failure means the modules run
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if len(first) > 160:
+            first = first[:157] + '...'
+        reason = f'the dwconv+LayerNorm kernel is not available: {first}'
+        print_log(f'convnext_backbone: {reason}; the blocks run dwconv and LayerNorm as modules '
+                  f'(needs a C++ compiler and ninja: pip install ninja; {ENV}=0 to not try)',
+                  logger='current', level=logging.WARNING)
+        return reason
+    return ''
+
+
+def available() -> bool:
+    """Whether the kernel is loaded (building or loading it on the first call)."""
+    return unavailable_reason() == ''

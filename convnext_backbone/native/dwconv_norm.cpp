@@ -1,0 +1,293 @@
+// The head of a ConvNeXt block in one pass over memory: depthwise 7x7 conv (zero padding 3,
+// stride 1, with bias) -> LayerNorm over channels, on NHWC tensors, for inference.
+//
+// Each output pixel's C conv outputs are computed into a small buffer that stays in L1 and are
+// normalised there, so the conv output is never written to memory and read back by a separate
+// LayerNorm pass. Rows (n, h) are split over ATen's intra-op threads (at::parallel_for; the
+// OpenMP runtime is torch's own, see native/__init__.py). Vector code is compiled for AVX-512,
+// AVX2 and baseline x86-64 and picked at load by the CPU (GCC target_clones).
+//
+// Under CPU autocast (bfloat16) the Python side passes the input and the conv weight and bias
+// rounded to bfloat16, as autocast does for conv2d, and round_conv = true: the conv output is
+// rounded to bfloat16 before the LayerNorm, which runs in float32, as autocast runs layer_norm.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kSize = 7, kPad = 3;
+constexpr int64_t kLanes = 16;  // floats per vector chunk of channels
+constexpr int64_t kTile = 8;    // output columns computed together (one accumulator each)
+
+typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float))));
+typedef uint32_t vuint __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+typedef uint16_t vhalf __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+
+#define TARGETS __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+inline vfloat load_vec(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline vfloat load_vec(const c10::BFloat16* p) {  // bfloat16 -> float32 is exact: a shift
+  vhalf h;
+  std::memcpy(&h, p, sizeof(h));
+  vuint u = __builtin_convertvector(h, vuint) << 16;
+  vfloat v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+
+// v rounded to bfloat16 (round to nearest even, NaN kept), as float32.
+inline vuint round_bits(vfloat v) {
+  vuint u;
+  std::memcpy(&u, &v, sizeof(u));
+  const vuint rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  return v != v ? u : rounded;
+}
+
+inline vfloat round_vec(vfloat v) {
+  const vuint u = round_bits(v);
+  vfloat out;
+  std::memcpy(&out, &u, sizeof(out));
+  return out;
+}
+
+inline void store_vec(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
+
+inline void store_vec(c10::BFloat16* p, vfloat v) {
+  const vhalf h = __builtin_convertvector(round_bits(v) >> 16, vhalf);
+  std::memcpy(p, &h, sizeof(h));
+}
+
+// float32 storage read as its bfloat16 rounding (round to nearest even, NaN kept): the input of
+// a conv under autocast without a separate cast pass.
+struct RoundedFloat {
+  float value;
+};
+
+inline vfloat load_vec(const RoundedFloat* p) {
+  return round_vec(load_vec(reinterpret_cast<const float*>(p)));
+}
+
+inline float load_one(const float* p) { return *p; }
+inline float load_one(const RoundedFloat* p) { return static_cast<float>(c10::BFloat16(p->value)); }
+inline float load_one(const c10::BFloat16* p) { return static_cast<float>(*p); }
+
+inline float round_bf16(float v) { return static_cast<float>(c10::BFloat16(v)); }
+
+inline void store_one(float* p, float v) { *p = v; }
+inline void store_one(c10::BFloat16* p, float v) { *p = c10::BFloat16(v); }
+
+// acc[j * C + c0 ..] for the kTile output columns w0 .. w0 + kTile - 1 of row h, every window
+// column inside the image: per window row, its kTile + 6 input vectors are loaded (and rounded)
+// once and each weight vector once, into kTile accumulators (the loops unroll into registers).
+template <typename in_t>
+TARGETS void conv_interior(const in_t* x, const float* w, const float* bias, float* acc,
+                           int64_t W, int64_t C, int64_t kh0, int64_t kh1, int64_t h,
+                           int64_t w0, int64_t c0) {
+  constexpr int kSpan = kTile + kSize - 1;
+  vfloat sum[kTile];
+  const vfloat b = load_vec(bias + c0);
+#pragma GCC unroll 8
+  for (int j = 0; j < kTile; ++j) sum[j] = b;
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
+    const in_t* px = x + ((h + kh - kPad) * W + w0 - kPad) * C + c0;
+    const float* pw = w + kh * kSize * C + c0;
+    vfloat in[kSpan];
+#pragma GCC unroll 14
+    for (int i = 0; i < kSpan; ++i) in[i] = load_vec(px + i * C);
+#pragma GCC unroll 7
+    for (int kw = 0; kw < kSize; ++kw) {
+      const vfloat wv = load_vec(pw + kw * C);
+#pragma GCC unroll 8
+      for (int j = 0; j < kTile; ++j) sum[j] += in[j + kw] * wv;
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < kTile; ++j) std::memcpy(acc + j * C + c0, &sum[j], sizeof(vfloat));
+}
+
+// acc[j * C + c0 ..] for one output column w0 + j of row h, window columns outside the image
+// skipped (the zero padding).
+template <typename in_t>
+TARGETS void conv_column(const in_t* x, const float* w, const float* bias, float* acc, int64_t W,
+                         int64_t C, int64_t kh0, int64_t kh1, int64_t h, int64_t wo, int64_t c0) {
+  vfloat s = load_vec(bias + c0);
+  const int64_t kw0 = std::max<int64_t>(0, kPad - wo);
+  const int64_t kw1 = std::min<int64_t>(kSize, W + kPad - wo);
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
+    const in_t* row = x + (h + kh - kPad) * W * C;
+    for (int64_t kw = kw0; kw < kw1; ++kw)
+      s += load_vec(row + (wo + kw - kPad) * C + c0) * load_vec(w + (kh * kSize + kw) * C + c0);
+  }
+  std::memcpy(acc + c0, &s, sizeof(vfloat));
+}
+
+// acc[j * C + c] = bias[c] + the sum over the 7x7 window of x * w, for the `cols` (<= kTile)
+// output columns w0 .. w0 + cols - 1 of row h.
+template <typename in_t>
+void conv_tile(const in_t* x, const float* w, const float* bias, float* acc, int64_t H,
+               int64_t W, int64_t C, int64_t h, int64_t w0, int64_t cols) {
+  const int64_t kh0 = std::max<int64_t>(0, kPad - h);
+  const int64_t kh1 = std::min<int64_t>(kSize, H + kPad - h);
+  const int64_t vec_c = C / kLanes * kLanes;
+  const bool interior = cols == kTile && w0 >= kPad && w0 + kTile + kPad <= W;
+  for (int64_t c0 = 0; c0 < vec_c; c0 += kLanes) {
+    if (interior) {
+      conv_interior<in_t>(x, w, bias, acc, W, C, kh0, kh1, h, w0, c0);
+    } else {
+      for (int64_t j = 0; j < cols; ++j)
+        conv_column<in_t>(x, w, bias, acc + j * C, W, C, kh0, kh1, h, w0 + j, c0);
+    }
+  }
+  for (int64_t c = vec_c; c < C; ++c) {  // channels beyond the last full vector
+    for (int64_t j = 0; j < cols; ++j) {
+      float s = bias[c];
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        for (int64_t kw = 0; kw < kSize; ++kw) {
+          const int64_t iw = w0 + j + kw - kPad;
+          if (iw >= 0 && iw < W)
+            s += load_one(x + ((h + kh - kPad) * W + iw) * C + c) * w[(kh * kSize + kw) * C + c];
+        }
+      }
+      acc[j * C + c] = s;
+    }
+  }
+}
+
+typedef float vfloat8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float vfloat4 __attribute__((vector_size(4 * sizeof(float))));
+
+// The sum of a vector's lanes, as a tree of halves.
+inline float lane_sum(vfloat v) {
+  const vfloat8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                    __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vfloat4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) +
+                    __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// The sum of v[0..C), in vector partial sums (C / kLanes full vectors, then the rest).
+inline float sum_of(const float* v, int64_t C) {
+  const int64_t vec_c = C / kLanes * kLanes;
+  vfloat part = {};
+  for (int64_t c = 0; c < vec_c; c += kLanes) part += load_vec(v + c);
+  float s = lane_sum(part);
+  for (int64_t c = vec_c; c < C; ++c) s += v[c];
+  return s;
+}
+
+// LayerNorm of one pixel's C values (two passes over the L1-resident buffer), written to out.
+template <typename out_t>
+TARGETS void norm_pixel(float* v, const float* gamma, const float* beta, float eps, int64_t C,
+                        bool round_conv, out_t* out) {
+  const int64_t vec_c = C / kLanes * kLanes;
+  if (round_conv) {
+    for (int64_t c = 0; c < vec_c; c += kLanes) store_vec(v + c, round_vec(load_vec(v + c)));
+    for (int64_t c = vec_c; c < C; ++c) v[c] = round_bf16(v[c]);
+  }
+  const float mean = sum_of(v, C) / static_cast<float>(C);
+  for (int64_t c = 0; c < C; ++c) v[c] -= mean;
+  vfloat part = {};
+  for (int64_t c = 0; c < vec_c; c += kLanes) {
+    const vfloat d = load_vec(v + c);
+    part += d * d;
+  }
+  float var = lane_sum(part);
+  for (int64_t c = vec_c; c < C; ++c) var += v[c] * v[c];
+  const float rstd = 1.f / std::sqrt(var / static_cast<float>(C) + eps);
+  for (int64_t c = 0; c < vec_c; c += kLanes)
+    store_vec(out + c, load_vec(v + c) * rstd * load_vec(gamma + c) + load_vec(beta + c));
+  for (int64_t c = vec_c; c < C; ++c) store_one(out + c, v[c] * rstd * gamma[c] + beta[c]);
+}
+
+template <typename in_t, typename out_t>
+void run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& gamma,
+         const at::Tensor& beta, double eps, bool round_conv, at::Tensor& out) {
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const in_t* xp = static_cast<const in_t*>(x.data_ptr());
+  const float* wp = w.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  const float* gp = gamma.data_ptr<float>();
+  const float* betap = beta.data_ptr<float>();
+  out_t* op = out.data_ptr<out_t>();
+  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(kTile * C);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / H, h = r % H;
+      const in_t* image = xp + n * H * W * C;
+      for (int64_t w0 = 0; w0 < W; w0 += kTile) {
+        const int64_t cols = std::min(kTile, W - w0);
+        conv_tile<in_t>(image, wp, bp, acc.data(), H, W, C, h, w0, cols);
+        for (int64_t j = 0; j < cols; ++j)
+          norm_pixel<out_t>(acc.data() + j * C, gp, betap, static_cast<float>(eps), C, round_conv,
+                            op + (r * W + w0 + j) * C);
+      }
+    }
+  });
+}
+
+// x: (N, H, W, C) float32 (read as its bfloat16 rounding if round_input) or bfloat16, contiguous. weight: (7, 7, C) float32. bias, gamma,
+// beta: (C,) float32. Returns (N, H, W, C) of out_dtype (float32 or bfloat16).
+at::Tensor dwconv7x7_layer_norm(const at::Tensor& x, const at::Tensor& weight,
+                                const at::Tensor& bias, const at::Tensor& gamma,
+                                const at::Tensor& beta, double eps, bool round_input,
+                                bool round_conv, at::ScalarType out_dtype) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.device().is_cpu(),
+              "dwconv7x7_layer_norm: x must be a contiguous (N, H, W, C) CPU tensor");
+  const int64_t C = x.size(3);
+  for (const at::Tensor* t : {&bias, &gamma, &beta}) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == C && t->scalar_type() == at::kFloat &&
+                    t->is_contiguous(),
+                "dwconv7x7_layer_norm: bias, gamma and beta must be contiguous float32 (C,)");
+  }
+  TORCH_CHECK(weight.dim() == 3 && weight.size(0) == kSize && weight.size(1) == kSize &&
+                  weight.size(2) == C && weight.scalar_type() == at::kFloat &&
+                  weight.is_contiguous(),
+              "dwconv7x7_layer_norm: weight must be a contiguous float32 (7, 7, C)");
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16,
+              "dwconv7x7_layer_norm: out_dtype must be float32 or bfloat16");
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_dtype));
+  const bool in_f32 = x.scalar_type() == at::kFloat, out_f32 = out_dtype == at::kFloat;
+  TORCH_CHECK(in_f32 || x.scalar_type() == at::kBFloat16,
+              "dwconv7x7_layer_norm: x must be float32 or bfloat16");
+  if (in_f32 && round_input) {
+    const at::Tensor& xr = x;  // the same memory, read through RoundedFloat
+    if (out_f32)
+      run<RoundedFloat, float>(xr, weight, bias, gamma, beta, eps, round_conv, out);
+    else
+      run<RoundedFloat, c10::BFloat16>(xr, weight, bias, gamma, beta, eps, round_conv, out);
+  } else if (in_f32) {
+    if (out_f32)
+      run<float, float>(x, weight, bias, gamma, beta, eps, round_conv, out);
+    else
+      run<float, c10::BFloat16>(x, weight, bias, gamma, beta, eps, round_conv, out);
+  } else {
+    if (out_f32)
+      run<c10::BFloat16, float>(x, weight, bias, gamma, beta, eps, round_conv, out);
+    else
+      run<c10::BFloat16, c10::BFloat16>(x, weight, bias, gamma, beta, eps, round_conv, out);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(convnext_backbone, m) {
+  m.def("dwconv7x7_layer_norm(Tensor x, Tensor weight, Tensor bias, Tensor gamma, Tensor beta, "
+        "float eps, bool round_input, bool round_conv, ScalarType out_dtype) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(convnext_backbone, CPU, m) {
+  m.impl("dwconv7x7_layer_norm", &dwconv7x7_layer_norm);
+}
