@@ -91,6 +91,33 @@ def test_engines_time_onnxruntime_and_openvino_on_our_export_with_small_errors()
         assert re.search(r'^bf16: ours is \d+\.\d\dx OpenVINO \(', out, re.M), out
 
 
+@needs_ops
+@needs_onnxruntime
+def test_deploy_times_pytorch_onnxruntime_and_openvino_per_image_with_the_same_labels():
+    from convnext_backbone import machine
+    from convnext_backbone.deploy.session import DeployError, check_runtime
+
+    def openvino_runs(precision):
+        try:
+            check_runtime('openvino', precision)
+        except DeployError:
+            return False
+        return True
+
+    openvino = openvino_runs('f32')
+    dtypes = ['fp32', 'bf16'] if machine.native_bf16() else ['fp32']
+    out = _benchmark('--deploy', 'seg', '--shape', '64', '96', '--dtypes', *dtypes, timeout=600)
+    assert 'Deployed end to end, one image (EncoderDecoder test_step), upernet_convnext-t' in out
+    rows = ['PyTorch fp32', 'ONNX Runtime fp32'] + (['OpenVINO f32'] if openvino else [])
+    for row in rows:  # median, best, speed-up, open s, prediction
+        cells = [c.strip() for c in re.search(rf'^\| {row} \|(.*)\|$', out, re.M).group(1)
+                 .split('|')]
+        assert float(cells[0]) > 0 and cells[4] == "100.0 % of fp32 PyTorch's pixels", cells
+    if 'bf16' in dtypes:
+        assert '| PyTorch bf16 |' in out
+        assert ('| OpenVINO bf16 |' in out) == openvino_runs('bf16')
+
+
 def test_an_engine_that_is_not_installed_is_left_out_in_one_line(monkeypatch, capsys):
     import argparse
 

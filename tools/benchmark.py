@@ -14,6 +14,9 @@ Usage::
     python tools/benchmark.py --compare --train --train-shape 512 512 --train-batch 2 --memory
     # end-to-end inference of a detector / segmentor config (random weights)
     python tools/benchmark.py --config configs/mask-rcnn_convnext-t_fpn_amp-ms-crop-3x_coco.py
+    # deployed: Mask R-CNN-T / UperNet-T in PyTorch beside our ONNX export in ONNX Runtime and
+    # OpenVINO (f32, bf16), per image through the same test step (bench/deploy.py)
+    python tools/benchmark.py --deploy det seg
     # check that torch.compile (inductor) works on the backbone and time it
     python tools/benchmark.py --compile --shape 512 512
 
@@ -64,6 +67,7 @@ from bench import common
 from bench.busy import busy_processes, describe
 from bench.compiled import bench_compile
 from bench.config import bench_config
+from bench.deploy import DEPLOY, bench_deploy
 from bench.e2e import E2E, bench_e2e
 from bench.engines import ENGINES
 from bench.inference import bench_inference
@@ -130,6 +134,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--e2e', nargs='+', choices=tuple(E2E), default=None,
                         help="whole models: our UperNet-T (seg) / Mask R-CNN-T (det) config beside "
                              "mmseg's / mmdet's own ConvNeXt-T config, same weights (+ --train)")
+    parser.add_argument('--deploy', nargs='+', choices=tuple(DEPLOY), default=None,
+                        help='deployed Mask R-CNN-T (det) / UperNet-T (seg): PyTorch beside '
+                             'ONNX Runtime and OpenVINO on our ONNX export, per image')
     args = parser.parse_args(argv)
     if args.arch not in TIMM_NAMES and args.compare:
         parser.error(f'--compare supports the V1 archs {sorted(TIMM_NAMES)}, got {args.arch!r}')
@@ -154,7 +161,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.dtypes = ['fp32', 'bf16'] if machine.native_bf16() else ['fp32']
     if not cuda and 'fp16' in args.dtypes:
         parser.error('--dtypes fp16: CPU autocast computes in bf16 only; use bf16')
-    if args.shape is None and not args.e2e:
+    if args.shape is None and not (args.e2e or args.deploy):
         scope_is_seg = bool(args.config) and 'upernet' in osp.basename(args.config)
         args.shape = [512, 512] if scope_is_seg else [800, 1216]
     return args
@@ -171,6 +178,8 @@ def run_mode(args: argparse.Namespace) -> bool:
     """
     if args.e2e:
         return bench_e2e(args)
+    if args.deploy:
+        return bench_deploy(args)
     if args.config:
         return bench_config(args)
     if args.mlp:

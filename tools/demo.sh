@@ -68,7 +68,7 @@ stage() {  # stage NAME: a time-stamped banner; records the stage's start
 done_stage() {  # done_stage [DETAIL]: the stage's wall-clock time, also into the summary
     local now; now=$(date +%s)
     local line
-    line=$(printf '%-22s %5d s  (total %5d s)  %s' "$STAGE_NAME" $((now - STAGE_START)) \
+    line=$(printf '%-29s %5d s  (total %5d s)  %s' "$STAGE_NAME" $((now - STAGE_START)) \
         $((now - START)) "${1:-}")
     echo "[demo] $line"
     echo "$line" >> "$SUMMARY"
