@@ -511,6 +511,16 @@ def test_exported_segmentor_runs_mmseg_sliding_windows_around_the_graph(seg, tin
             assert (out.pred_sem_seg.data == ref.pred_sem_seg.data).float().mean() > 0.999
 
 
+def test_the_earlier_onnx_runtime_model_names_build_the_exported_models():
+    """Configs written with the names of the ONNX Runtime-only models still build."""
+    from mmengine.registry import MODELS
+
+    from convnext_backbone.deploy.exported_detector import ExportedDetector
+    from convnext_backbone.deploy.exported_segmentor import ExportedSegmentor
+    assert MODELS.get('convnext_backbone.ONNXRuntimeDetector') is ExportedDetector
+    assert MODELS.get('convnext_backbone.ONNXRuntimeSegmentor') is ExportedSegmentor
+
+
 # -- the tools' errors -------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def demo_seg_checkpoint(tmp_path_factory):
