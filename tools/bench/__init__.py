@@ -12,6 +12,7 @@
 - the modes: :mod:`.inference` (backbone, GEMM-rate floors), :mod:`.mlp` (block MLP kernels),
   :mod:`.training` (training step), :mod:`.memory` (``with_cp`` peak memory),
   :mod:`.compiled` (``torch.compile``), :mod:`.config` (one config's ``test_step``),
-  :mod:`.e2e` (whole models beside the peer libraries' own configs), :mod:`.earlier` (an
+  :mod:`.e2e` (whole models beside the peer libraries' own configs), :mod:`.deploy` (whole
+  models exported to ONNX in ONNX Runtime and OpenVINO beside PyTorch), :mod:`.earlier` (an
   earlier checkout side by side, run by :mod:`.earlier_worker` in a process of its own).
 """

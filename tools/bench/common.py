@@ -162,6 +162,11 @@ def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def all_ok(items: Sequence[Any], check: Callable[[Any], bool]) -> bool:
+    """``check`` each of ``items`` (every one, also after a failure); whether all passed."""
+    return all([check(item) for item in items])
+
+
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Print a Markdown table under a ``###`` title.
 

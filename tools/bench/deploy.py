@@ -34,7 +34,7 @@ from torch import nn
 
 from convnext_backbone import cli
 
-from .common import autocast, interleaved, print_table, randomise_
+from .common import all_ok, autocast, interleaved, print_table, randomise_
 from .models import bf16_model, synthetic_batch
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -121,10 +121,7 @@ def bench_deploy(args: argparse.Namespace) -> bool:
         bool: False when a float32 runtime's prediction disagrees with PyTorch's fp32 (fewer
         than 99 % of the detections found again, or of the pixels with the same label).
     """
-    ok = True
-    for task in args.deploy:
-        ok = bench_deploy_task(task, args) and ok
-    return ok
+    return all_ok(args.deploy, lambda task: bench_deploy_task(task, args))
 
 
 def bench_deploy_task(task: str, args: argparse.Namespace) -> bool:

@@ -13,7 +13,7 @@ from torch import nn
 
 from convnext_backbone import cli
 
-from .common import autocast, device, interleaved, on_device, print_table, randomise_
+from .common import all_ok, autocast, device, interleaved, on_device, print_table, randomise_
 from .models import PARTS, PartTimes, bf16_model, build_random, prepare_inference, synthetic_batch
 from .peers import import_mmpretrain, key_map
 
@@ -69,10 +69,7 @@ def bench_e2e(args: argparse.Namespace) -> bool:
     Returns:
         bool: False when a test output disagrees by 1e-4 or more.
     """
-    ok = True
-    for task in args.e2e:
-        ok = bench_e2e_test(task, args) and ok
-    return ok
+    return all_ok(args.e2e, lambda task: bench_e2e_test(task, args))
 
 
 def bench_e2e_test(task: str, args: argparse.Namespace) -> bool:
