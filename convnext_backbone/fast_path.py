@@ -86,7 +86,6 @@ def decide(block: nn.Module, x: torch.Tensor) -> Path:
     Returns:
         Path: The kind of path, and for the modules the first condition that fails.
     """
-    shortcut = x
     linears = {'pwconv1': block.pwconv1, 'pwconv2': block.pwconv2}
     if plain_only():
         return Path(MODULES, 'tracing, compiling or exporting')
@@ -109,12 +108,12 @@ def decide(block: nn.Module, x: torch.Tensor) -> Path:
     if global_module_hooks():
         return Path(MODULES, 'global module hooks are registered (torch.nn.modules.module)')
     params = [p for m in linears.values() for p in (m.weight, m.bias)]
-    if torch.overrides.has_torch_function([x, shortcut, *params]):
+    if torch.overrides.has_torch_function([x, *params]):
         return Path(MODULES, 'an input or weight is a tensor subclass')
     dtype = ops.compute_dtype(x)
     if not ops.mkldnn_linear_available(dtype):
         return Path(MODULES, f'oneDNN has no {dtype} kernels here')
-    if not (x.is_contiguous() and shortcut.is_contiguous()):
+    if not x.is_contiguous():
         return Path(MODULES, 'the input or the residual is not contiguous')
     # The one gradient check of the call: the MLP's tensors (its input is norm(dwconv(x))),
     # then those of the tail after it.
@@ -122,7 +121,7 @@ def decide(block: nn.Module, x: torch.Tensor) -> Path:
     head = (*block.dwconv.parameters(), *block.norm.parameters())
     with_grad = grad_mode and any(t.requires_grad for t in (x, *head, *params))
     tail_grad = with_grad or (grad_mode and any(
-        p.requires_grad for p in (shortcut, block.gamma, *_grn_params(block)) if p is not None))
+        p.requires_grad for p in (block.gamma, *_grn_params(block)) if p is not None))
     if not (tail_grad or block.drop_prob() > 0):
         return Path(INFERENCE)
     if with_grad and (dtype != torch.float32 or any(p.dtype != dtype for p in params)):

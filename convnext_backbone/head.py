@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import native, tuning
-from .ops import compute_dtype
+from .ops import compute_dtype, dtype_name, row_count
 
 __all__ = ['NATIVE', 'PLAIN', 'dwconv_norm', 'head_kernels', 'head_shape', 'run_head']
 
@@ -27,12 +27,10 @@ PLAIN, NATIVE = tuning.Kernel('plain'), tuning.Kernel('native')
 
 def head_shape(x: torch.Tensor) -> tuning.ShapeClass:
     """The :class:`~.tuning.ShapeClass` of a call of :func:`dwconv_norm` on ``x`` (N, H, W, C)."""
-    name = str(compute_dtype(x)).replace('torch.', '')
     return tuning.ShapeClass(
-        op='head', channels=x.shape[-1], hidden=0, dtype=name,
-        residual=str(x.dtype).replace('torch.', ''), layer_scale=False, grn=False,
-        input_grad=False, rows_log2=(x.numel() // x.shape[-1]).bit_length(),
-        threads=torch.get_num_threads())
+        op='head', channels=x.shape[-1], hidden=0, dtype=dtype_name(compute_dtype(x)),
+        residual=dtype_name(x.dtype), layer_scale=False, grn=False, input_grad=False,
+        rows_log2=row_count(x).bit_length(), threads=torch.get_num_threads())
 
 
 def head_kernels() -> list:

@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from . import compat, machine, tuning
 
 __all__ = ['BLOCK_FACTORS', 'ONEDNN', 'ONEDNN_ADD', 'PLAIN', 'block_rows', 'block_sizes',
-           'blocked', 'blocked_mlp', 'blocked_residual_mlp', 'compute_dtype',
+           'blocked', 'blocked_mlp', 'blocked_residual_mlp', 'compute_dtype', 'dtype_name',
            'inference_kernels', 'inference_shape', 'linear', 'linear_add', 'linear_gelu',
-           'mkldnn_linear_available', 'mlp', 'residual_mlp', 'run_inference', 'run_training',
+           'mkldnn_linear_available', 'mlp', 'residual_mlp', 'row_count', 'run_inference',
+           'run_training',
            'training_kernels', 'training_shape']
 
 
@@ -231,11 +232,13 @@ def blocked(rows: int) -> tuning.Kernel:
     return tuning.Kernel('blocked', rows)
 
 
-def _rows(x: torch.Tensor) -> int:
+def row_count(x: torch.Tensor) -> int:
+    """The rows of ``x`` (..., C): N*H*W."""
     return x.numel() // x.shape[-1]
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """'float32' for torch.float32: the dtype as shape classes name it."""
     return str(dtype).replace('torch.', '')
 
 
@@ -244,9 +247,9 @@ def inference_shape(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
     """The :class:`~.tuning.ShapeClass` of a call of :func:`residual_mlp`."""
     return tuning.ShapeClass(
         op='inference', channels=x.shape[-1], hidden=w1.shape[0],
-        dtype=_dtype_name(compute_dtype(x)), residual=_dtype_name(shortcut.dtype),
+        dtype=dtype_name(compute_dtype(x)), residual=dtype_name(shortcut.dtype),
         layer_scale=scale is not None, grn=mid, input_grad=False,
-        rows_log2=_rows(x).bit_length(), threads=torch.get_num_threads())
+        rows_log2=row_count(x).bit_length(), threads=torch.get_num_threads())
 
 
 def _add_inside(x: torch.Tensor, shortcut: torch.Tensor, scale: Optional[torch.Tensor]) -> bool:
@@ -269,7 +272,7 @@ def inference_kernels(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
     if _add_inside(x, shortcut, scale):
         kernels.append(ONEDNN_ADD)
     if not mid:
-        kernels += [blocked(rows) for rows in block_sizes(_rows(x), w1.shape[0],
+        kernels += [blocked(rows) for rows in block_sizes(row_count(x), w1.shape[0],
                                                           compute_dtype(x).itemsize)]
     return kernels
 
@@ -423,15 +426,15 @@ def blocked_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
 def training_shape(x: torch.Tensor, w1: torch.Tensor) -> tuning.ShapeClass:
     """The :class:`~.tuning.ShapeClass` of a call of :func:`mlp`."""
     return tuning.ShapeClass(
-        op='training', channels=x.shape[-1], hidden=w1.shape[0], dtype=_dtype_name(x.dtype),
+        op='training', channels=x.shape[-1], hidden=w1.shape[0], dtype=dtype_name(x.dtype),
         residual='', layer_scale=False, grn=False, input_grad=x.requires_grad,
-        rows_log2=_rows(x).bit_length(), threads=torch.get_num_threads())
+        rows_log2=row_count(x).bit_length(), threads=torch.get_num_threads())
 
 
 def training_kernels(x: torch.Tensor, w1: torch.Tensor) -> List[tuning.Kernel]:
     """The kernels that may compute a call of :func:`mlp`, plain first: ``plain``, ``onednn``
     and ``blocked`` for each of :func:`block_sizes`."""
-    return [PLAIN, ONEDNN] + [blocked(rows) for rows in block_sizes(_rows(x), w1.shape[0],
+    return [PLAIN, ONEDNN] + [blocked(rows) for rows in block_sizes(row_count(x), w1.shape[0],
                                                                      x.element_size())]
 
 
@@ -443,7 +446,7 @@ def run_training(kernel: tuning.Kernel, x: torch.Tensor, w1: torch.Tensor, b1: t
     if kernel == PLAIN:
         return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
     if kernel == ONEDNN:
-        return blocked_mlp(x, w1, b1, w2, b2, rows=max(_rows(x), 1))
+        return blocked_mlp(x, w1, b1, w2, b2, rows=max(row_count(x), 1))
     if kernel.name == 'blocked':
         return blocked_mlp(x, w1, b1, w2, b2, rows=kernel.rows)
     raise ValueError(f'kernel {kernel} cannot compute a training MLP')

@@ -22,7 +22,8 @@ import sysconfig
 import torch
 from mmengine.logging import print_log
 
-__all__ = ['ENV', 'SOURCE', 'available', 'build', 'cache_dir', 'unavailable_reason']
+__all__ = ['ENV', 'SOURCE', 'available', 'build', 'cache_dir', 'library_path',
+           'unavailable_reason']
 
 #: Set to 0 to never build or load the kernel.
 ENV = 'CONVNEXT_NATIVE'
@@ -41,6 +42,11 @@ def cache_dir() -> str:
     return osp.join(root, f'{version}-{digest}')
 
 
+def library_path() -> str:
+    """The shared library's path in :func:`cache_dir`."""
+    return osp.join(cache_dir(), f'{_NAME}.so')
+
+
 def build(verbose: bool = False) -> str:
     """Build the library into :func:`cache_dir` if it is not there, and return its path.
 
@@ -54,8 +60,8 @@ def build(verbose: bool = False) -> str:
         Exception: What the builder raised (no compiler, no ninja, a compile error).
     """
     from torch.utils import cpp_extension
-    folder = cache_dir()
-    library = osp.join(folder, f'{_NAME}.so')
+    library = library_path()
+    folder = osp.dirname(library)
     if osp.isfile(library):
         return library
     os.makedirs(folder, exist_ok=True)
@@ -81,8 +87,7 @@ def unavailable_reason() -> str:
     the first call, and logs one line where it cannot."""
     if os.environ.get(ENV, '1') == '0':
         return f'{ENV}=0'
-    built = osp.isfile(osp.join(cache_dir(), f'{_NAME}.so'))
-    if not built:
+    if not osp.isfile(library_path()):
         print_log(f'convnext_backbone: building the dwconv+LayerNorm kernel once into '
                   f'{cache_dir()} (tools/install.sh builds it at install)', logger='current')
     try:
