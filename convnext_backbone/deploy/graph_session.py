@@ -16,8 +16,8 @@ from torch import Tensor
 from ..errors import UserError
 from .export import META
 
-__all__ = ['PRECISIONS', 'SCOPES', 'DeployError', 'FileHeader', 'GraphSession', 'file_kind',
-           'read_header', 'require_kind']
+__all__ = ['PRECISIONS', 'SCOPES', 'DeployError', 'FileHeader', 'GraphSession',
+           'check_known_precision', 'file_kind', 'read_header', 'require_kind']
 
 #: The config scope each graph kind is evaluated in.
 SCOPES = {'detector': 'mmdet', 'segmentor': 'mmseg'}
@@ -27,6 +27,16 @@ PRECISIONS = ('f32', 'bf16')
 
 class DeployError(UserError, ValueError):
     """A runtime or precision that cannot run here; the message says what to do."""
+
+
+def check_known_precision(precision: str) -> None:
+    """Refuse, in one line, a precision that is none of :data:`PRECISIONS`.
+
+    Raises:
+        DeployError: ``precision`` is not one of them.
+    """
+    if precision not in PRECISIONS:
+        raise DeployError(f'--precision {precision}: use one of {", ".join(PRECISIONS)}')
 
 
 class FileHeader(NamedTuple):

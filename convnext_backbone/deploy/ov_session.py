@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .detector import paste_masks
-from .graph_session import PRECISIONS, DeployError, GraphSession
+from .graph_session import DeployError, GraphSession, check_known_precision
 
 __all__ = ['INSTALL', 'OpenVINOSession', 'check_precision', 'import_openvino']
 
@@ -70,8 +70,7 @@ def check_precision(core, precision: str) -> None:
     Raises:
         DeployError: Another value, or 'bf16' on a CPU without native bf16.
     """
-    if precision not in PRECISIONS:
-        raise DeployError(f'--precision {precision}: use one of {", ".join(PRECISIONS)}')
+    check_known_precision(precision)
     if precision == 'bf16':
         capabilities = cpu_capabilities(core)
         if 'BF16' not in capabilities:

@@ -7,7 +7,15 @@ implementations are :class:`~.ort_session.OnnxRuntimeSession` and
 """
 from typing import Optional
 
-from .graph_session import PRECISIONS, SCOPES, DeployError, GraphSession, file_kind, require_kind
+from .graph_session import (
+    PRECISIONS,
+    SCOPES,
+    DeployError,
+    GraphSession,
+    check_known_precision,
+    file_kind,
+    require_kind,
+)
 from .ort_session import OnnxRuntimeSession
 from .ov_session import OpenVINOSession, check_precision, import_openvino
 
@@ -35,8 +43,7 @@ def check_runtime(runtime: str, precision: str = 'f32') -> None:
     """
     if runtime not in RUNTIMES:
         raise DeployError(f'--runtime {runtime}: use one of {", ".join(RUNTIMES)}')
-    if precision not in PRECISIONS:
-        raise DeployError(f'--precision {precision}: use one of {", ".join(PRECISIONS)}')
+    check_known_precision(precision)
     if runtime == 'onnxruntime' and precision != 'f32':
         raise DeployError(f'--precision {precision}: ONNX Runtime runs the float32 graph in '
                           'float32 only; use --runtime openvino for bf16, or --precision f32')
@@ -63,7 +70,7 @@ def open_session(path: str, runtime: str = 'onnxruntime', threads: Optional[int]
     Raises:
         DeployError: :func:`check_runtime` refuses.
     """
+    if runtime == 'openvino':  # it checks its precision itself, on the core it compiles with
+        return OpenVINOSession(path, threads, precision)
     check_runtime(runtime, precision)
-    if runtime == 'onnxruntime':
-        return OnnxRuntimeSession(path, threads)
-    return OpenVINOSession(path, threads, precision)
+    return OnnxRuntimeSession(path, threads)
