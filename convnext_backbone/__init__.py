@@ -1,9 +1,14 @@
 """convnext-backbone: the ConvNeXt backbone (V1, V2) for mmdet 3.x and mmseg 1.x."""
 import warnings
 
+# before torch loads libgomp, which reads its spin count once (see openmp.py)
+from .openmp import set_spin_default
+
+set_spin_default()
+
 # before anything of mmengine/mmcv is imported: a mixed upstream + OneDL environment is refused
 # here, in one line, instead of failing somewhere inside the overwritten modules
-from .stack import check_stack
+from .stack import check_stack  # noqa: E402
 
 STACK = check_stack()
 

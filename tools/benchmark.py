@@ -61,6 +61,10 @@ import os.path as osp
 import sys
 from typing import Optional, Sequence
 
+# first: it sets how OpenMP threads wait before torch loads (convnext_backbone/openmp.py)
+import convnext_backbone  # noqa: F401
+
+# isort: split
 import torch
 
 from bench import common
@@ -74,7 +78,7 @@ from bench.inference import bench_inference
 from bench.mlp import bench_mlp
 from bench.peers import TIMM_NAMES
 from bench.training import bench_training
-from convnext_backbone import machine, tuning
+from convnext_backbone import machine, openmp, tuning
 from convnext_backbone.ops import mkldnn_linear_available
 
 
@@ -207,6 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     common.set_device(args.device)
     torch.set_num_threads(args.threads)
     print(f'# {machine.describe()}')
+    print(f'# {openmp.describe()}')
     print(f'# torch {torch.__version__}, {torch.get_num_threads()} threads, oneDNN fused Linear: '
           f'fp32 {mkldnn_linear_available(torch.float32)}, '
           f'bf16 {mkldnn_linear_available(torch.bfloat16)}, fast paths: {tuning.policy()}, '

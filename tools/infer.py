@@ -23,6 +23,10 @@ import os.path as osp
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+# first: it sets how OpenMP threads wait before torch loads (convnext_backbone/openmp.py)
+import convnext_backbone  # noqa: F401
+
+# isort: split
 import numpy as np
 import torch
 

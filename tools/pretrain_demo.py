@@ -26,6 +26,10 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+# first: it sets how OpenMP threads wait before torch loads (convnext_backbone/openmp.py)
+import convnext_backbone  # noqa: F401
+
+# isort: split
 import cv2
 import numpy as np
 import torch

@@ -15,6 +15,10 @@ import argparse
 import json
 import os.path as osp
 
+# first: it sets how OpenMP threads wait before torch loads (convnext_backbone/openmp.py)
+import convnext_backbone  # noqa: F401
+
+# isort: split
 import torch
 from mmengine.config import ConfigDict
 from mmengine.dist import is_main_process

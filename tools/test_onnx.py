@@ -22,6 +22,10 @@ Metrics are logged and written to ``<work_dir>/test_metrics.json`` (default work
 import argparse
 import os.path as osp
 
+# first: it sets how OpenMP threads wait before torch loads (convnext_backbone/openmp.py)
+import convnext_backbone  # noqa: F401
+
+# isort: split
 from mmengine.fileio import dump
 from mmengine.logging import print_log
 

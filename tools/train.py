@@ -22,6 +22,10 @@ TORCHELASTIC_RESTART_COUNT > 0) continues from the work dir's last complete chec
 import argparse
 import os.path as osp
 
+# first: it sets how OpenMP threads wait before torch loads (convnext_backbone/openmp.py)
+import convnext_backbone  # noqa: F401
+
+# isort: split
 import torch
 from mmengine.logging import print_log
 
