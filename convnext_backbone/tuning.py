@@ -10,15 +10,20 @@ The block's fast path has two ops, each with its candidate :class:`Kernel` s (``
 A fast kernel is only worth running where it is faster than the plain PyTorch ops, and that
 depends on the CPU. So each decision is made once per process and :class:`ShapeClass` (op,
 channels, dtypes, order of magnitude of the rows, threads), by running every candidate on the
-real input of the first call of that class in interleaved rounds and keeping the fastest (best
-of ``ROUNDS``); the plain kernel wins ties within ``MARGIN``. The probe's own result is returned,
+real input of the first call of that class in interleaved rounds and keeping the fastest: a
+candidate replaces the plain kernel only where both its best run beats the plain kernel's best
+by ``MARGIN`` and its median run beats the plain kernel's median. A shared machine makes single
+runs slower at random; where a kernel's runs of the probe spread over more than a factor
+``NOISY``, the probe adds rounds, up to ``MAX_ROUNDS``, so that each kernel's least disturbed run
+is compared (``ROUNDS`` on a quiet machine). The probe's own result is returned,
 so the first call costs a few runs of the op, not more (training probes on detached copies, then
 runs the chosen kernel). A chosen inference kernel that becomes ``DRIFT`` times slower for
-``SLOW_CALLS`` calls in a row is timed once against the plain kernel: where it still wins, the
-machine as a whole slowed down and its new time becomes the normal one; where it lost, the
-class is probed again (at most ``MAX_REPROBES`` such checks per class). A training decision
-stays for the process (see :meth:`Tuner.choose`). Every decision is logged in one
-line (mmengine's current logger) and can be written to a JSON file (:meth:`Tuner.save`).
+``SLOW_CALLS`` calls in a row is timed against the plain kernel again (the same rounds and
+rule): where it still wins, the machine as a whole slowed down and its new time becomes the
+normal one; where it lost, the class is probed again (at most ``MAX_REPROBES`` such checks
+per class). A training decision stays for the process (see :meth:`Tuner.choose`). Every
+decision is logged in one line (mmengine's current logger) and can be written to a JSON file
+(:meth:`Tuner.save`).
 
 ``CONVNEXT_FAST_PATHS`` in the environment sets the policy:
 
@@ -42,6 +47,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import statistics
 import threading
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
@@ -53,8 +59,12 @@ T = TypeVar('T')
 
 #: A fast candidate must beat the plain one (the first) by this fraction of its time.
 MARGIN = 0.02
-#: Timed rounds per probe (after one untimed round that also warms caches and allocators).
+#: Timed rounds per probe (after one untimed round that also warms caches and allocators) ...
 ROUNDS = 3
+#: ... and more, up to this many, while some kernel's slowest run of the probe is ...
+MAX_ROUNDS = 9
+#: ... more than this many times its fastest (other processes took the cores meanwhile).
+NOISY = 1.25
 #: A chosen fast kernel running this many times slower than when it was chosen ...
 DRIFT = 2.0
 #: ... this many calls in a row is timed against the others again, ...
@@ -276,21 +286,10 @@ class Tuner:
 
     def _probe(self, shape: ShapeClass, kernels: Sequence[Kernel],
                run: Callable[[Kernel], T]) -> Tuple[Kernel, T]:
-        times: Dict[Kernel, List[float]] = {k: [] for k in kernels}
-        results: Dict[Kernel, T] = {}
-        for round_ in range(ROUNDS + 1):
-            for kernel in kernels:
-                start = time.perf_counter()
-                results[kernel] = run(kernel)
-                if round_:
-                    times[kernel].append(time.perf_counter() - start)
-        # The least disturbed run of each: other processes only ever add time.
-        best_times = {k: min(ts) for k, ts in times.items()}
-        plain = kernels[0]
-        best = min(best_times, key=best_times.__getitem__)
-        if best_times[best] > best_times[plain] * (1 - MARGIN):
-            best = plain
-        self._record(shape, Decision(best, 'probe', best_times))
+        times, results = _timed_rounds(kernels, run, warm=True)
+        best = _fastest(times, kernels[0])
+        self._record(shape, Decision(best, 'probe', {k: min(ts) for k, ts in times.items()}),
+                     rounds=len(times[best]))
         return best, results[best]
 
     def _pinned_decision(self, path: str, shape: ShapeClass,
@@ -308,14 +307,14 @@ class Tuner:
         self._record(shape, decision)
         return decision
 
-    def _record(self, shape: ShapeClass, decision: Decision) -> None:
+    def _record(self, shape: ShapeClass, decision: Decision, rounds: int = 0) -> None:
         with self._lock:
             self._decisions[shape] = decision
             self._reference.pop(shape, None)
             self._version += 1
         if decision.source == 'probe':
             timed = ', '.join(f'{k} {s * 1e3:.2f} ms' for k, s in decision.seconds.items())
-            how = f'fastest of {timed}'
+            how = f'fastest of {timed}; best of {rounds} rounds'
         elif decision.source == 'pinned':
             how = f'pinned by {self.policy()}'
         else:
@@ -339,27 +338,24 @@ class Tuner:
 
     def _confirm(self, shape: ShapeClass, decision: Decision, plain: Kernel,
                run: Callable[[Kernel], T]) -> None:
-        """After a drift: time the plain kernel and the decided one once each on the current
-        input. Where the decided one still wins, the whole machine slowed down (other
-        processes, a busy server): its time now is the new normal and nothing is probed again,
-        which would cost every candidate a few runs under the same load. Otherwise the decision
-        is dropped and the next call probes again."""
-        times = {}
-        for kernel in (plain, decision.kernel):
-            start = time.perf_counter()
-            run(kernel)
-            times[kernel] = time.perf_counter() - start
+        """After a drift: time the plain kernel and the decided one again on the current input
+        (:func:`_timed_rounds` without the warm-up round, :func:`_fastest`). Where the decided
+        one still wins, the whole machine slowed down (other processes, a busy server): its
+        time now is the new normal and nothing is probed again, which would cost every
+        candidate a few runs under the same load. Otherwise the decision is dropped and the
+        next call probes again."""
+        times, _ = _timed_rounds((plain, decision.kernel), run, warm=False)
+        kept = _fastest(times, plain) == decision.kernel
         with self._lock:
             if self._decisions.get(shape) is not decision:
                 return
-            kept = times[decision.kernel] <= times[plain] * (1 - MARGIN)
             if kept:
-                self._reference[shape] = times[decision.kernel]
+                self._reference[shape] = min(times[decision.kernel])
             else:
                 del self._decisions[shape]
                 self._reference.pop(shape, None)
                 self._version += 1
-        now = ', '.join(f'{k} {s * 1e3:.2f} ms' for k, s in times.items())
+        now = ', '.join(f'{k} {min(ts) * 1e3:.2f} ms' for k, ts in times.items())
         _log(f'convnext_backbone fast path for {shape}: {decision.kernel} ran slower; '
              + (f'kept, still the faster ({now}): the machine is busier' if kept else
                 f'probed again at the next call ({now})'))
@@ -381,6 +377,43 @@ class Tuner:
                              ) from None
         with self._lock:
             return self._pinned.setdefault(stamp, pinned)
+
+
+def _timed_rounds(kernels: Sequence[Kernel], run: Callable[[Kernel], T], warm: bool
+                  ) -> Tuple[Dict[Kernel, List[float]], Dict[Kernel, T]]:
+    """Run every kernel once per round, interleaved: an untimed round first where ``warm``, then
+    ``ROUNDS`` timed rounds, then more while the runs of some kernel spread over more than
+    ``NOISY`` times its fastest, up to ``MAX_ROUNDS``.
+
+    Returns:
+        tuple[dict, dict]: Each kernel's seconds per timed round, and its last result.
+    """
+    times: Dict[Kernel, List[float]] = {k: [] for k in kernels}
+    results: Dict[Kernel, T] = {}
+    if warm:
+        for kernel in kernels:
+            results[kernel] = run(kernel)
+    while True:
+        for kernel in kernels:
+            start = time.perf_counter()
+            results[kernel] = run(kernel)
+            times[kernel].append(time.perf_counter() - start)
+        done = len(times[kernels[0]])
+        noisy = any(max(ts) > NOISY * min(ts) for ts in times.values())
+        if done >= MAX_ROUNDS or (done >= ROUNDS and not noisy):
+            return times, results
+
+
+def _fastest(times: Dict[Kernel, List[float]], plain: Kernel) -> Kernel:
+    """The kernel to keep: of the candidates whose best run beats the plain kernel's best by
+    ``MARGIN`` and whose median run beats the plain kernel's median, the one with the best run;
+    the plain kernel where none does (or where the two estimates disagree, as a run of the plain
+    kernel that happened to get the cores alone would make them)."""
+    best = {k: min(ts) for k, ts in times.items()}
+    median = {k: statistics.median(ts) for k, ts in times.items()}
+    winners = [k for k in times if k != plain and best[k] <= best[plain] * (1 - MARGIN)
+               and median[k] < median[plain]]
+    return min(winners, key=best.__getitem__) if winners else plain
 
 
 def _check(value: str, name: str) -> str:

@@ -96,6 +96,7 @@ def test_a_machine_wide_slowdown_keeps_the_decision_without_probing_again(monkey
     re-probe (every candidate a few runs, under the same load) would only cost time."""
     if not ops.mkldnn_linear_available(torch.float32):
         pytest.skip('no oneDNN: only the plain ops exist here')
+    monkeypatch.setattr(tuning, 'NOISY', float('inf'))  # counted runs: no extra rounds
     delays = {True: 0.01, False: 0.0}
     _slowed_kernels(monkeypatch, delays)
     x, params, shortcut, scale = _inputs()
@@ -111,10 +112,65 @@ def test_a_machine_wide_slowdown_keeps_the_decision_without_probing_again(monkey
         for _ in range(2 * tuning.SLOW_CALLS):
             ops.residual_mlp(x, *params, shortcut, scale)
     assert tuning.decided(shape) == decision.kernel and tuning.version() == version
-    # one check (plain once, the kernel once) after SLOW_CALLS slow calls; then the slower time
-    # is the normal one: no more checks, and never a probe of every candidate
-    assert runs.count(ops.PLAIN) == 1
-    assert len(runs) == 2 * tuning.SLOW_CALLS + 2
+    # one check (plain and the kernel, ROUNDS rounds: the runs agree) after SLOW_CALLS slow
+    # calls; then the slower time is the normal one: no more checks, and never a probe of every
+    # candidate
+    assert runs.count(ops.PLAIN) == tuning.ROUNDS
+    assert len(runs) == 2 * tuning.SLOW_CALLS + 2 * tuning.ROUNDS
+
+
+class _LoadedClock:
+    """A clock for the tuner in which each run of a kernel takes its own fixed time, plus what a
+    scripted load adds to some of its runs (other processes holding the cores)."""
+
+    def __init__(self, seconds, load):
+        self.now = 0.0
+        self.seconds = seconds      # kernel name -> seconds of an undisturbed run
+        self.load = load            # kernel name -> extra seconds of its n-th run (0 after)
+        self.runs = {name: 0 for name in seconds}
+
+    def perf_counter(self):
+        return self.now
+
+    def run(self, kernel):
+        n = self.runs[kernel.name]
+        self.runs[kernel.name] += 1
+        extra = self.load.get(kernel.name, [])
+        self.now += self.seconds[kernel.name] + (extra[n] if n < len(extra) else 0.0)
+        return kernel.name
+
+
+def _probe_under(monkeypatch, seconds, load):
+    clock = _LoadedClock(seconds, load)
+    monkeypatch.setattr(tuning, 'time', clock)
+    shape = tuning.ShapeClass('inference', 8, 32, 'float32', 'float32', True, False, False, 5, 1)
+    kernel, result = tuning.choose(shape, [ops.PLAIN, ops.ONEDNN], clock.run)
+    return kernel, result, clock.runs
+
+
+def test_a_probe_disturbed_by_a_load_keeps_the_kernel_that_is_faster_without_it(monkeypatch):
+    """The plain ops take 5 ms, the candidate 8 ms; a load adds 30, 10 and 20 ms to the plain
+    kernel's first three timed runs. Its best of three (15 ms) would lose to 8 ms; the spread of
+    its runs shows the load, the probe adds rounds, and the undisturbed runs decide."""
+    kernel, result, runs = _probe_under(
+        monkeypatch, {'plain': 0.005, 'onednn': 0.008}, {'plain': [0.0, 0.030, 0.010, 0.020]})
+    assert kernel == ops.PLAIN and result == 'plain'
+    assert tuning.ROUNDS + 1 < runs['plain'] <= tuning.MAX_ROUNDS + 1
+
+
+def test_a_candidate_whose_median_loses_is_not_kept_for_one_lucky_run(monkeypatch):
+    """The candidate runs in 4.5 ms once and in 7.5 ms every other time (a load on all its other
+    runs), the plain kernel in 5 ms: the best runs say candidate, the medians say plain."""
+    kernel, _, _ = _probe_under(
+        monkeypatch, {'plain': 0.005, 'onednn': 0.0045},
+        {'onednn': [0.003, 0.003, 0.0] + [0.003] * 20})
+    assert kernel == ops.PLAIN
+
+
+def test_a_quiet_probe_takes_rounds_plus_the_warm_one_and_keeps_the_faster(monkeypatch):
+    kernel, _, runs = _probe_under(monkeypatch, {'plain': 0.005, 'onednn': 0.004}, {})
+    assert kernel == ops.ONEDNN
+    assert runs == {'plain': tuning.ROUNDS + 1, 'onednn': tuning.ROUNDS + 1}
 
 
 @pytest.mark.parametrize('with_scale', [True, False], ids=['layer scale', 'no scale'])
@@ -148,6 +204,7 @@ def test_the_plain_policy_runs_no_fast_path(monkeypatch):
 
 
 def test_training_choice_times_forward_and_backward_without_touching_the_weights(monkeypatch):
+    monkeypatch.setattr(tuning, 'NOISY', float('inf'))  # counted runs: no extra rounds
     if not ops.mkldnn_linear_available(torch.float32):
         pytest.skip('no oneDNN: only the plain ops exist here')
     monkeypatch.setattr(ops, 'block_sizes', lambda *args, **kwargs: [16])

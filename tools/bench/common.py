@@ -188,7 +188,8 @@ def print_decisions() -> None:
              ', '.join(f'{k} {1e3 * t:.2f}' for k, t in d.seconds.items())]
             for shape, d in tuning.decisions().items()]
     print_table('Fast paths decided in this process (tuning.decisions(); probe times in ms, best '
-                f'of {tuning.ROUNDS})', ['shape class', 'kernel', 'how', 'candidates'], rows)
+                f'of {tuning.ROUNDS} to {tuning.MAX_ROUNDS} rounds: more where runs spread)',
+                ['shape class', 'kernel', 'how', 'candidates'], rows)
 
 
 def train_step(model: nn.Module, x: torch.Tensor, weights: Sequence[torch.Tensor]) -> None:
