@@ -31,7 +31,8 @@ finally:
 
 def _at_torch(code, **env):
     environ = {k: v for k, v in os.environ.items() if k not in openmp.USER_SETTINGS}
-    environ.update(env, PYTHONPATH=ROOT)
+    # tools/ too: run_path does not put a tool's folder first on the path, as python TOOL does
+    environ.update(env, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tools')]))
     body = '\n'.join('    ' + line for line in code.strip().splitlines())
     out = subprocess.run([sys.executable, '-c', WATCH.format(code=body)], cwd=ROOT, env=environ,
                          capture_output=True, text=True, timeout=300)
@@ -74,7 +75,6 @@ def test_after_torch_nothing_is_set_and_the_line_says_how_to_set_it():
 def test_each_tool_that_runs_a_model_imports_the_package_before_torch(tool):
     seen, _ = _at_torch('import runpy\n'
                         f"sys.argv = ['tools/{tool}.py', '--help']\n"
-                        "sys.path.insert(0, 'tools')\n"
                         'try:\n'
                         f"    runpy.run_path('tools/{tool}.py', run_name='__main__')\n"
                         'except SystemExit:\n'
