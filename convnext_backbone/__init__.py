@@ -6,6 +6,11 @@ from .openmp import set_spin_default
 
 set_spin_default()
 
+# before the first large tensor: freed feature maps stay in the heap (see allocator.py)
+from .allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()
+
 # before anything of mmengine/mmcv is imported: a mixed upstream + OneDL environment is refused
 # here, in one line, instead of failing somewhere inside the overwritten modules
 from .stack import check_stack  # noqa: E402

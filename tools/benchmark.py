@@ -78,7 +78,7 @@ from bench.inference import bench_inference
 from bench.mlp import bench_mlp
 from bench.peers import TIMM_NAMES
 from bench.training import bench_training
-from convnext_backbone import machine, openmp, tuning
+from convnext_backbone import allocator, machine, openmp, tuning
 from convnext_backbone.ops import mkldnn_linear_available
 
 
@@ -212,6 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     print(f'# {machine.describe()}')
     print(f'# {openmp.describe()}')
+    print(f'# {allocator.describe()}')
     print(f'# torch {torch.__version__}, {torch.get_num_threads()} threads, oneDNN fused Linear: '
           f'fp32 {mkldnn_linear_available(torch.float32)}, '
           f'bf16 {mkldnn_linear_available(torch.bfloat16)}, fast paths: {tuning.policy()}, '
