@@ -23,7 +23,7 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import compat, fast_path, head, machine, ops
+from . import compat, fast_path, head, machine, ops, outputs
 from .archs import ARCH_SETTINGS, LN_EPS, resolve_arch
 from .checkpoint import load_pretrained
 from .keywords import mmpretrain_arguments
@@ -293,8 +293,8 @@ class ConvNeXt(BaseModule):
             if i in self.out_indices:
                 # NCHW memory: mmcv's RoIAlign (and other custom ops) index their input as
                 # contiguous NCHW whatever its strides say, so a channels-last view would be
-                # pooled as garbage.
-                outs.append(getattr(self, f'norm{i}')(x).permute(0, 3, 1, 2).contiguous())
+                # pooled as garbage. norm{i} then the copy, or our kernel doing both at once.
+                outs.append(outputs.stage_output(x, getattr(self, f'norm{i}')))
         return tuple(outs)
 
     # -- freezing ----------------------------------------------------------------------------

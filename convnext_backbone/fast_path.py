@@ -22,6 +22,11 @@ On the inference path the block's head ``norm(dwconv(x))`` may run as our compil
 ``nn.Conv2d`` 7x7, depthwise, stride 1, zero padding 3, dilation 1, with bias; norm exactly an
 ``nn.LayerNorm`` over C with weight and bias; no hooks on either; float32 or bfloat16 compute,
 the parameters in the input's dtype outside autocast; the kernel built and loaded.
+
+A stage output ``norm{i}(x)`` as NCHW memory may run as our kernel too (``outputs.stage_output``)
+where :func:`output_reason` finds nothing against it: the same context (no tracing, compile,
+export or deterministic mode, the CPU), no gradients, norm exactly an ``nn.LayerNorm`` over C
+with weight and bias and no hooks, float32 or bfloat16, a contiguous input, the kernel loaded.
 """
 from typing import NamedTuple
 
@@ -32,7 +37,7 @@ from torch.nn.modules import module as module_hooks
 from . import compat, native, ops, tuning
 
 __all__ = ['INFERENCE', 'MODULES', 'TRAINING', 'Path', 'decide', 'has_hooks',
-           'global_module_hooks', 'head_reason', 'native_head', 'plain_only']
+           'global_module_hooks', 'head_reason', 'native_head', 'output_reason', 'plain_only']
 
 INFERENCE, TRAINING, MODULES = 'inference', 'training', 'modules'
 
@@ -62,6 +67,33 @@ def plain_only() -> bool:
             or compat.is_exporting() or torch.onnx.is_in_onnx_export())
 
 
+def _context_reason(x: torch.Tensor) -> str:
+    """Why no kernel of ours may run in this call whatever the module: tracing, compile or
+    export, deterministic mode, the 'plain' policy, or ``x`` not on the CPU ('' otherwise)."""
+    if plain_only():
+        return 'tracing, compiling or exporting'
+    if torch.are_deterministic_algorithms_enabled():
+        return 'deterministic algorithms are on (torch.use_deterministic_algorithms)'
+    if tuning.policy() == 'plain':
+        return 'CONVNEXT_FAST_PATHS=plain'
+    if x.device.type != 'cpu':
+        return f'the input is on {x.device.type}, not the CPU'
+    return ''
+
+
+def _layer_norm_reason(norm: nn.Module, channels: int) -> str:
+    """Why ``norm`` is not exactly an ``nn.LayerNorm`` over the last dimension, ``channels``
+    wide, with weight and bias, without hooks ('' when it is)."""
+    if type(norm) is not nn.LayerNorm:
+        return f'norm is a {type(norm).__name__}, not an nn.LayerNorm'
+    if (tuple(norm.normalized_shape) != (channels,) or norm.weight is None
+            or norm.bias is None):
+        return f'norm is {norm!r}, not a LayerNorm over C with weight and bias'
+    if has_hooks(norm):
+        return 'norm has hooks'
+    return ''
+
+
 def has_hooks(module: nn.Module) -> bool:
     """Whether ``module`` has forward, pre-forward or backward hooks."""
     return any(getattr(module, name, None) for name in _HOOK_TABLES)
@@ -87,14 +119,9 @@ def decide(block: nn.Module, x: torch.Tensor) -> Path:
         Path: The kind of path, and for the modules the first condition that fails.
     """
     linears = {'pwconv1': block.pwconv1, 'pwconv2': block.pwconv2}
-    if plain_only():
-        return Path(MODULES, 'tracing, compiling or exporting')
-    if torch.are_deterministic_algorithms_enabled():
-        return Path(MODULES, 'deterministic algorithms are on (torch.use_deterministic_algorithms)')
-    if tuning.policy() == 'plain':
-        return Path(MODULES, 'CONVNEXT_FAST_PATHS=plain')
-    if x.device.type != 'cpu':
-        return Path(MODULES, f'the input is on {x.device.type}, not the CPU')
+    reason = _context_reason(x)
+    if reason:
+        return Path(MODULES, reason)
     for name, module in linears.items():
         if type(module) is not nn.Linear:
             return Path(MODULES, f'{name} is a {type(module).__name__}, not an nn.Linear')
@@ -152,20 +179,47 @@ def head_reason(block: nn.Module, x: torch.Tensor) -> str:
         return f'dwconv is {conv!r}, not a depthwise 7x7 conv with zero padding 3'
     if conv.bias is None:
         return 'dwconv has no bias'
-    if type(norm) is not nn.LayerNorm:
-        return f'norm is a {type(norm).__name__}, not an nn.LayerNorm'
-    if (tuple(norm.normalized_shape) != (channels,) or norm.weight is None
-            or norm.bias is None):
-        return f'norm is {norm!r}, not a LayerNorm over C with weight and bias'
-    for name, module in (('dwconv', conv), ('norm', norm)):
-        if has_hooks(module):
-            return f'{name} has hooks'
+    reason = _layer_norm_reason(norm, channels)
+    if reason:
+        return reason
+    if has_hooks(conv):
+        return 'dwconv has hooks'
     dtype = ops.compute_dtype(x)
     if dtype not in (torch.float32, torch.bfloat16):
         return f'the head kernel computes float32 and bfloat16, not {dtype}'
     head = (conv.weight, conv.bias, norm.weight, norm.bias)
     if not compat.autocast_enabled('cpu') and any(p.dtype != x.dtype for p in head):
         return 'a dwconv or norm parameter is not in the input dtype'
+    return native.unavailable_reason()
+
+
+def output_reason(norm: nn.Module, x: torch.Tensor) -> str:
+    """Why a stage output ``norm(x)``, as contiguous NCHW, may not run as our kernel
+    (``outputs.stage_output``; '' when it may).
+
+    Args:
+        norm (nn.Module): The backbone's ``norm{i}``.
+        x (torch.Tensor): The stage's last block output, (N, H, W, C).
+
+    Returns:
+        str: The first condition that fails, or ''.
+    """
+    reason = _context_reason(x) or _layer_norm_reason(norm, x.shape[-1])
+    if reason:
+        return reason
+    params = (norm.weight, norm.bias)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)):
+        return 'gradients are needed: the output kernel has no backward'
+    if global_module_hooks():
+        return 'global module hooks are registered (torch.nn.modules.module)'
+    if torch.overrides.has_torch_function([x, *params]):
+        return 'an input or weight is a tensor subclass'
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        return f'the output kernel computes float32 and bfloat16, not {x.dtype}'
+    if any(p.dtype not in (torch.float32, x.dtype) for p in params):
+        return 'a norm parameter is neither float32 nor in the input dtype'
+    if not x.is_contiguous():
+        return 'the input is not contiguous'
     return native.unavailable_reason()
 
 

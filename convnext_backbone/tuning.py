@@ -83,8 +83,9 @@ class ShapeClass:
 
     Attributes:
         op (str): 'inference' (the block's tail ``shortcut + scale * fc2(gelu(fc1(x)))`` without
-            autograd), 'training' (``fc2(gelu(fc1(x)))`` with autograd) or 'head' (the block's
-            ``norm(dwconv(x))`` without autograd; ``hidden`` 0).
+            autograd), 'training' (``fc2(gelu(fc1(x)))`` with autograd), 'head' (the block's
+            ``norm(dwconv(x))`` without autograd; ``hidden`` 0) or 'output' (a stage output
+            ``norm{i}(x)`` as NCHW memory, ``outputs.py``; ``hidden`` 0).
         channels (int): C, the block's width.
         hidden (int): The hidden width (4C).
         dtype (str): The compute dtype, e.g. 'float32' or 'bfloat16'.
@@ -111,8 +112,9 @@ class ShapeClass:
         extras = [f'residual {self.residual}' if self.residual else '',
                   'layer scale' if self.layer_scale else '', 'GRN' if self.grn else '',
                   'input grad' if self.input_grad else '']
-        what = (f'dwconv+LayerNorm C={self.channels}' if self.op == 'head' else
-                f'{self.op} MLP C={self.channels} (hidden {self.hidden})')
+        what = {'head': f'dwconv+LayerNorm C={self.channels}',
+                'output': f'output LayerNorm to NCHW C={self.channels}'}.get(
+                    self.op, f'{self.op} MLP C={self.channels} (hidden {self.hidden})')
         return ', '.join([f'{what} {self.dtype}',
                           *[e for e in extras if e], rows, f'{self.threads} threads'])
 

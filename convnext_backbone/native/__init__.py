@@ -1,4 +1,6 @@
-"""Our compiled kernel: the block's dwconv 7x7 -> LayerNorm in one pass (``dwconv_norm.cpp``).
+"""Our compiled kernels: the block's dwconv 7x7 -> LayerNorm in one pass (``dwconv_norm.cpp``)
+and a stage output's LayerNorm written as NCHW in one pass (``layer_norm_nchw.cpp``), with
+their vector helpers (``vec.h``), built as one library.
 
 It is built once per torch and Python version and source, with torch's C++ extension builder
 (``torch.utils.cpp_extension.load``: a C++ compiler and ninja), into a cache folder keyed by all
@@ -8,8 +10,9 @@ finds no build builds it at its first use (logged). Where it cannot be built or 
 is logged and the block runs its modules (``fast_path.head_reason`` names the reason);
 ``CONVNEXT_NATIVE=0`` turns it off.
 
-The library registers ``torch.ops.convnext_backbone.dwconv7x7_layer_norm``; it runs its rows on
-torch's own intra-op threads (OpenMP symbols resolved from the libgomp torch loaded).
+The library registers ``torch.ops.convnext_backbone.dwconv7x7_layer_norm`` and
+``torch.ops.convnext_backbone.layer_norm_nchw``; they run their rows on torch's own intra-op
+threads (OpenMP symbols resolved from the libgomp torch loaded).
 """
 import functools
 import hashlib
@@ -22,24 +25,28 @@ import sysconfig
 import torch
 from mmengine.logging import print_log
 
-__all__ = ['ENV', 'SOURCE', 'available', 'build', 'cache_dir', 'library_path',
+__all__ = ['ENV', 'HEADERS', 'SOURCES', 'available', 'build', 'cache_dir', 'library_path',
            'unavailable_reason']
 
 #: Set to 0 to never build or load the kernel.
 ENV = 'CONVNEXT_NATIVE'
-SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'dwconv_norm.cpp')
+_HERE = osp.dirname(osp.abspath(__file__))
+SOURCES = tuple(osp.join(_HERE, name) for name in ('dwconv_norm.cpp', 'layer_norm_nchw.cpp'))
+HEADERS = (osp.join(_HERE, 'vec.h'),)
 _NAME = 'convnext_backbone_native'
 _FLAGS = ['-O3', '-fopenmp']  # no -fopenmp at link time: torch's libgomp provides the runtime
 
 
 def cache_dir() -> str:
-    """The build folder of this torch, Python and source."""
-    with open(SOURCE, 'rb') as f:
-        digest = hashlib.sha256(f.read() + ' '.join(_FLAGS).encode()).hexdigest()[:12]
+    """The build folder of this torch, Python and source (the sources, headers and flags)."""
+    digest = hashlib.sha256(' '.join(_FLAGS).encode())
+    for path in SOURCES + HEADERS:
+        with open(path, 'rb') as f:
+            digest.update(f.read())
     root = os.environ.get('CONVNEXT_NATIVE_CACHE') or osp.join(
         osp.expanduser('~'), '.cache', 'convnext-backbone', 'native')
     version = f'torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}'
-    return osp.join(root, f'{version}-{digest}')
+    return osp.join(root, f'{version}-{digest.hexdigest()[:12]}')
 
 
 def library_path() -> str:
@@ -74,7 +81,7 @@ def build(verbose: bool = False) -> str:
     level = quiet.level
     quiet.setLevel(logging.DEBUG if verbose else logging.ERROR)
     try:
-        cpp_extension.load(name=_NAME, sources=[SOURCE], build_directory=folder,
+        cpp_extension.load(name=_NAME, sources=list(SOURCES), build_directory=folder,
                            extra_cflags=_FLAGS, is_python_module=False, verbose=verbose)
     finally:
         quiet.setLevel(level)
@@ -88,18 +95,19 @@ def unavailable_reason() -> str:
     if os.environ.get(ENV, '1') == '0':
         return f'{ENV}=0'
     if not osp.isfile(library_path()):
-        print_log(f'convnext_backbone: building the dwconv+LayerNorm kernel once into '
-                  f'{cache_dir()} (tools/install.sh builds it at install)', logger='current')
+        print_log(f'convnext_backbone: building our kernels (dwconv+LayerNorm, output norm) '
+                  f'once into {cache_dir()} (tools/install.sh builds them at install)',
+                  logger='current')
     try:
         library = build()
-        if not hasattr(torch.ops.convnext_backbone, 'dwconv7x7_layer_norm'):
+        if not hasattr(torch.ops.convnext_backbone, 'layer_norm_nchw'):
             torch.ops.load_library(library)
     except Exception as err:  # noqa: BLE001 - any failure means the modules run
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         if len(first) > 160:
             first = first[:157] + '...'
-        reason = f'the dwconv+LayerNorm kernel is not available: {first}'
-        print_log(f'convnext_backbone: {reason}; the blocks run dwconv and LayerNorm as modules '
+        reason = f'our compiled kernels are not available: {first}'
+        print_log(f'convnext_backbone: {reason}; the blocks and outputs run their modules '
                   f'(needs a C++ compiler and ninja: pip install ninja; {ENV}=0 to not try)',
                   logger='current', level=logging.WARNING)
         return reason
@@ -107,5 +115,5 @@ def unavailable_reason() -> str:
 
 
 def available() -> bool:
-    """Whether the kernel is loaded (building or loading it on the first call)."""
+    """Whether our kernels are loaded (building or loading them on the first call)."""
     return unavailable_reason() == ''

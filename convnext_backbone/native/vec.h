@@ -1,0 +1,100 @@
+// Vector helpers of our kernels (dwconv_norm.cpp, layer_norm_nchw.cpp): 16 float32 lanes as GCC
+// vector extensions, loads and stores of float32 and bfloat16, bfloat16 rounding (to nearest
+// even, NaN kept, as c10::BFloat16 rounds), and sums of lanes.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace convnext_native {
+
+constexpr int64_t kLanes = 16;  // floats per vector chunk of channels
+
+typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float))));
+typedef uint32_t vuint __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+typedef uint16_t vhalf __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+
+#define TARGETS __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+inline vfloat load_vec(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline vfloat load_vec(const c10::BFloat16* p) {  // bfloat16 -> float32 is exact: a shift
+  vhalf h;
+  std::memcpy(&h, p, sizeof(h));
+  vuint u = __builtin_convertvector(h, vuint) << 16;
+  vfloat v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+
+// v rounded to bfloat16 (round to nearest even, NaN kept), as float32.
+inline vuint round_bits(vfloat v) {
+  vuint u;
+  std::memcpy(&u, &v, sizeof(u));
+  const vuint rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  return v != v ? u : rounded;
+}
+
+inline vfloat round_vec(vfloat v) {
+  const vuint u = round_bits(v);
+  vfloat out;
+  std::memcpy(&out, &u, sizeof(out));
+  return out;
+}
+
+inline void store_vec(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
+
+inline void store_vec(c10::BFloat16* p, vfloat v) {
+  const vhalf h = __builtin_convertvector(round_bits(v) >> 16, vhalf);
+  std::memcpy(p, &h, sizeof(h));
+}
+
+// float32 storage read as its bfloat16 rounding (round to nearest even, NaN kept): the input of
+// a conv under autocast without a separate cast pass.
+struct RoundedFloat {
+  float value;
+};
+
+inline vfloat load_vec(const RoundedFloat* p) {
+  return round_vec(load_vec(reinterpret_cast<const float*>(p)));
+}
+
+inline float load_one(const float* p) { return *p; }
+inline float load_one(const RoundedFloat* p) { return static_cast<float>(c10::BFloat16(p->value)); }
+inline float load_one(const c10::BFloat16* p) { return static_cast<float>(*p); }
+
+inline float round_bf16(float v) { return static_cast<float>(c10::BFloat16(v)); }
+
+inline void store_one(float* p, float v) { *p = v; }
+inline void store_one(c10::BFloat16* p, float v) { *p = c10::BFloat16(v); }
+
+typedef float vfloat8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float vfloat4 __attribute__((vector_size(4 * sizeof(float))));
+
+// The sum of a vector's lanes, as a tree of halves.
+inline float lane_sum(vfloat v) {
+  const vfloat8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                    __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vfloat4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) +
+                    __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// The sum of v[0..C), in vector partial sums (C / kLanes full vectors, then the rest).
+inline float sum_of(const float* v, int64_t C) {
+  const int64_t vec_c = C / kLanes * kLanes;
+  vfloat part = {};
+  for (int64_t c = 0; c < vec_c; c += kLanes) part += load_vec(v + c);
+  float s = lane_sum(part);
+  for (int64_t c = vec_c; c < C; ++c) s += v[c];
+  return s;
+}
+
+
+}  // namespace convnext_native
