@@ -35,9 +35,9 @@ from . import compat, machine, tuning
 __all__ = ['BLOCK_FACTORS', 'ONEDNN', 'ONEDNN_ADD', 'PLAIN', 'block_rows', 'block_sizes',
            'blocked', 'blocked_mlp', 'blocked_residual_mlp', 'compute_dtype', 'dtype_name',
            'inference_kernels', 'inference_shape', 'linear', 'linear_add', 'linear_gelu',
-           'mkldnn_linear_available', 'mlp', 'residual_mlp', 'row_count', 'run_inference',
-           'run_training',
-           'training_kernels', 'training_shape']
+           'mkldnn_linear_available', 'mlp', 'packed', 'residual_mlp', 'row_count',
+           'run_inference', 'run_training', 'training_kernels', 'training_shape',
+           'weight_packing_available']
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,6 +78,58 @@ def mkldnn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
                         and torch.allclose(add.float(), plain + other.float(), rtol=tol, atol=tol))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def weight_packing_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN packs a Linear weight ahead of its products for ``dtype``, and the products
+    with the packed weight agree with those with the weight as it is.
+
+    ``torch.ops.mkldnn._reorder_linear_weight`` (the private op PyTorch's inductor packs weights
+    with) reorders the weight into the blocked layout oneDNN's product kernels read; given a
+    plain weight, each product reorders it again. Probed once per dtype on a tiny input; any
+    failure means False.
+
+    Args:
+        dtype (torch.dtype): Compute dtype, float32 or bfloat16. Defaults to float32.
+
+    Returns:
+        bool: True if :func:`packed` reorders weights of ``dtype``.
+    """
+    if not mkldnn_linear_available(dtype):
+        return False
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(5, 8, generator=gen).to(dtype)
+        weight = torch.randn(16, 8, generator=gen).to(dtype)
+        bias = torch.randn(16, generator=gen).to(dtype)
+        with torch.no_grad(), torch.autocast('cpu', enabled=False):
+            want = op(x, weight, bias, 'gelu', [], 'none').float()
+            got = op(x, torch.ops.mkldnn._reorder_linear_weight(weight, 5), bias, 'gelu', [],
+                     'none')
+            tol = 1e-5 if dtype == torch.float32 else 5e-2
+            return bool(got.dtype == dtype and torch.allclose(got.float(), want, rtol=tol,
+                                                              atol=tol))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """``weight`` reordered for oneDNN's products of ``rows`` rows (where
+    :func:`weight_packing_available`), or ``weight`` itself. No autograd: the result is only
+    for the products of :func:`blocked_residual_mlp`, within one call.
+
+    Args:
+        weight (torch.Tensor): (out_features, in_features), in the compute dtype.
+        rows (int): Rows of the products' input (a hint for the layout).
+
+    Returns:
+        torch.Tensor: A weight the products take in place of ``weight``.
+    """
+    if weight_packing_available(weight.dtype):
+        return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+    return weight
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -190,6 +242,10 @@ def blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2
     """Inference: ``shortcut + scale * fc2(gelu(fc1(x)))`` in blocks of ``rows`` rows, oneDNN
     products, each block's tail computed while the block is in cache. No autograd.
 
+    The weights are packed for oneDNN once per call (:func:`packed`), not reordered again by
+    each block's products; with ``rows`` at least the rows of ``x`` (one block) this is the
+    ``onednn`` kernel with packed weights.
+
     Under CPU autocast the products run in the autocast dtype and the tail in the promoted dtype
     of ``shortcut``, the product and ``scale``, as autocast makes of the plain ops.
 
@@ -210,6 +266,8 @@ def blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2
     dtype = compute_dtype(x)
     w1, b1, w2, b2 = (t.to(dtype) for t in (w1, b1, w2, b2))
     x2 = x.to(dtype).reshape(-1, x.shape[-1])
+    with torch.autocast('cpu', enabled=False):  # reordered once for all the blocks of this call
+        w1, w2 = packed(w1, min(rows, x2.shape[0])), packed(w2, min(rows, x2.shape[0]))
     res = shortcut.reshape(-1, shortcut.shape[-1])
     out_dtype = torch.promote_types(shortcut.dtype, dtype)
     if scale is not None:
@@ -267,13 +325,17 @@ def inference_kernels(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
                       scale: Optional[torch.Tensor], mid: bool) -> List[tuning.Kernel]:
     """The kernels that may compute a call of :func:`residual_mlp`, plain first: ``plain``,
     ``onednn``; ``onednn_add`` with the residual in the compute dtype and no layer scale or all
-    of float32; ``blocked`` without ``mid``, for each of :func:`block_sizes`."""
+    of float32; ``blocked`` without ``mid``, for each of :func:`block_sizes`, and with one block
+    of all rows where weights are packed (:func:`weight_packing_available`)."""
     kernels = [PLAIN, ONEDNN]
     if _add_inside(x, shortcut, scale):
         kernels.append(ONEDNN_ADD)
     if not mid:
-        kernels += [blocked(rows) for rows in block_sizes(row_count(x), w1.shape[0],
+        rows = row_count(x)
+        kernels += [blocked(size) for size in block_sizes(rows, w1.shape[0],
                                                           compute_dtype(x).itemsize)]
+        if weight_packing_available(compute_dtype(x)):
+            kernels.append(blocked(rows))  # one block: oneDNN's products on packed weights
     return kernels
 
 

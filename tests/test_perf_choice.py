@@ -42,6 +42,11 @@ def _expected(x, params, shortcut, scale):
     return torch.addcmul(shortcut, F.linear(F.gelu(F.linear(x, *params[:2])), *params[2:]), scale)
 
 
+def _one_block(x):
+    """The one-block kernel (oneDNN on packed weights), a candidate where weights pack."""
+    return {ops.blocked(ops.row_count(x))} if ops.weight_packing_available(torch.float32) else set()
+
+
 def test_a_forced_slow_probe_falls_back_to_the_plain_ops(monkeypatch):
     if not ops.mkldnn_linear_available(torch.float32):
         pytest.skip('no oneDNN: only the plain ops exist here')
@@ -58,7 +63,8 @@ def test_a_forced_slow_probe_falls_back_to_the_plain_ops(monkeypatch):
     (decision,) = tuning.decisions().values()
     assert probed == {'blocked_residual_mlp', 'linear_gelu'}  # the fast candidates were timed
     assert decision.kernel == ops.PLAIN and decision.source == 'probe'
-    assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.ONEDNN_ADD, ops.blocked(16)}
+    assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.ONEDNN_ADD, ops.blocked(16),
+                                     *_one_block(x)}
     assert calls == []                                         # and are not run any more
     expected = _expected(x, params, shortcut, scale)
     for got in (first, again):
@@ -185,9 +191,28 @@ def test_the_residual_add_inside_the_product_is_a_candidate_in_float32_with_or_w
         got = ops.residual_mlp(x, *params, shortcut, scale)
     ((shape, decision),) = tuning.decisions().items()
     assert shape.layer_scale is with_scale
-    expected = {ops.PLAIN, ops.ONEDNN, ops.ONEDNN_ADD, ops.blocked(16)}
+    expected = {ops.PLAIN, ops.ONEDNN, ops.ONEDNN_ADD, ops.blocked(16), *_one_block(x)}
     assert set(decision.seconds) == expected
     want = _expected(x, params, shortcut, scale if with_scale else torch.ones(8))
+    assert (got - want).norm() / want.norm() < 1e-5
+
+
+@pytest.mark.parametrize('rows', [16, 10_000], ids=['blocks', 'one block'])
+def test_the_blocked_kernel_packs_each_weight_once_per_call_and_equals_the_plain_ops(
+        monkeypatch, rows):
+    if not ops.weight_packing_available(torch.float32):
+        pytest.skip('oneDNN does not pack weights here')
+    packed = []
+    real = ops.packed
+    monkeypatch.setattr(ops, 'packed',
+                        lambda w, r: packed.append((tuple(w.shape), r)) or real(w, r))
+    x, params, shortcut, scale = _inputs()
+    with torch.no_grad():
+        got = ops.run_inference(ops.blocked(rows), x, *params, shortcut, scale)
+    n = ops.row_count(x)
+    assert n > 16 * 2  # several blocks of 16
+    assert packed == [((32, 8), min(rows, n)), ((8, 32), min(rows, n))]  # not once per block
+    want = _expected(x, params, shortcut, scale)
     assert (got - want).norm() / want.norm() < 1e-5
 
 
@@ -319,7 +344,7 @@ def test_the_probe_times_several_block_sizes_around_the_l2_size(monkeypatch):
         ops.residual_mlp(x, *params, shortcut, scale)
     ((_, decision),) = tuning.decisions().items()
     assert set(decision.seconds) == {ops.PLAIN, ops.ONEDNN, ops.ONEDNN_ADD, ops.blocked(64),
-                                     ops.blocked(128), ops.blocked(256)}
+                                     ops.blocked(128), ops.blocked(256), *_one_block(x)}
 
 
 def test_training_decisions_are_kept_through_a_slow_drift_and_with_cp_recomputation(
