@@ -23,7 +23,7 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import compat, fast_path, head, machine, ops, outputs
+from . import compat, depthwise, fast_path, head, machine, ops, outputs
 from .archs import ARCH_SETTINGS, LN_EPS, resolve_arch
 from .checkpoint import load_pretrained
 from .keywords import mmpretrain_arguments
@@ -102,8 +102,12 @@ class Block(nn.Module):
         if path.kind == fast_path.INFERENCE and fast_path.native_head(self, x):
             x = head.dwconv_norm(x, self.dwconv, self.norm)           # the same function
         else:
-            # A channels-last view of x: the conv reads and writes NHWC memory, no copy.
-            x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (N, H, W, C)
+            if (path.kind == fast_path.TRAINING and path.with_grad
+                    and fast_path.native_dwconv(self, x)):
+                x = depthwise.depthwise_conv(x, self.dwconv)           # the same function
+            else:
+                # A channels-last view of x: the conv reads and writes NHWC memory, no copy.
+                x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (N, H, W, C)
             x = self.norm(x)
         if path.kind == fast_path.INFERENCE:                          # the same function
             return ops.residual_mlp(x, *self._pwconv_weights(), shortcut, self.gamma, self.grn)

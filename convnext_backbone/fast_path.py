@@ -23,6 +23,10 @@ On the inference path the block's head ``norm(dwconv(x))`` may run as our compil
 ``nn.LayerNorm`` over C with weight and bias; no hooks on either; float32 or bfloat16 compute,
 the parameters in the input's dtype outside autocast; the kernel built and loaded.
 
+On the training path with gradients the block's ``dwconv`` may run with our backward
+(``depthwise.depthwise_conv``) where :func:`dwconv_reason` finds nothing against it: the same
+conv conditions as for the head, float32 without autocast, the kernel loaded.
+
 A stage output ``norm{i}(x)`` as NCHW memory may run as our kernel too (``outputs.stage_output``)
 where :func:`output_reason` finds nothing against it: the same context (no tracing, compile,
 export or deterministic mode, the CPU), no gradients, norm exactly an ``nn.LayerNorm`` over C
@@ -36,8 +40,9 @@ from torch.nn.modules import module as module_hooks
 
 from . import compat, native, ops, tuning
 
-__all__ = ['INFERENCE', 'MODULES', 'TRAINING', 'Path', 'decide', 'has_hooks',
-           'global_module_hooks', 'head_reason', 'native_head', 'output_reason', 'plain_only']
+__all__ = ['INFERENCE', 'MODULES', 'TRAINING', 'Path', 'decide', 'dwconv_reason', 'has_hooks',
+           'global_module_hooks', 'head_reason', 'native_dwconv', 'native_head', 'output_reason',
+           'plain_only']
 
 INFERENCE, TRAINING, MODULES = 'inference', 'training', 'modules'
 
@@ -78,6 +83,22 @@ def _context_reason(x: torch.Tensor) -> str:
         return 'CONVNEXT_FAST_PATHS=plain'
     if x.device.type != 'cpu':
         return f'the input is on {x.device.type}, not the CPU'
+    return ''
+
+
+def _dwconv_reason(conv: nn.Module, channels: int) -> str:
+    """Why ``conv`` is not exactly an ``nn.Conv2d`` 7x7, depthwise over ``channels``, stride 1,
+    zero padding 3, dilation 1, with bias, without hooks ('' when it is)."""
+    if type(conv) is not nn.Conv2d:
+        return f'dwconv is a {type(conv).__name__}, not an nn.Conv2d'
+    geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+                conv.in_channels, conv.out_channels, conv.padding_mode)
+    if geometry != ((7, 7), (1, 1), (3, 3), (1, 1), channels, channels, channels, 'zeros'):
+        return f'dwconv is {conv!r}, not a depthwise 7x7 conv with zero padding 3'
+    if conv.bias is None:
+        return 'dwconv has no bias'
+    if has_hooks(conv):
+        return 'dwconv has hooks'
     return ''
 
 
@@ -171,19 +192,9 @@ def head_reason(block: nn.Module, x: torch.Tensor) -> str:
         str: The first condition that fails, or ''.
     """
     conv, norm, channels = block.dwconv, block.norm, x.shape[-1]
-    if type(conv) is not nn.Conv2d:
-        return f'dwconv is a {type(conv).__name__}, not an nn.Conv2d'
-    geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
-                conv.in_channels, conv.out_channels, conv.padding_mode)
-    if geometry != ((7, 7), (1, 1), (3, 3), (1, 1), channels, channels, channels, 'zeros'):
-        return f'dwconv is {conv!r}, not a depthwise 7x7 conv with zero padding 3'
-    if conv.bias is None:
-        return 'dwconv has no bias'
-    reason = _layer_norm_reason(norm, channels)
+    reason = _dwconv_reason(conv, channels) or _layer_norm_reason(norm, channels)
     if reason:
         return reason
-    if has_hooks(conv):
-        return 'dwconv has hooks'
     dtype = ops.compute_dtype(x)
     if dtype not in (torch.float32, torch.bfloat16):
         return f'the head kernel computes float32 and bfloat16, not {dtype}'
@@ -191,6 +202,32 @@ def head_reason(block: nn.Module, x: torch.Tensor) -> str:
     if not compat.autocast_enabled('cpu') and any(p.dtype != x.dtype for p in head):
         return 'a dwconv or norm parameter is not in the input dtype'
     return native.unavailable_reason()
+
+
+def dwconv_reason(block: nn.Module, x: torch.Tensor) -> str:
+    """Why the block's ``dwconv`` may not run with our backward on the training path ('' when
+    it may; call it only where :func:`decide` gave :data:`TRAINING` with gradients).
+
+    Args:
+        block (nn.Module): A ``convnext.Block``.
+        x (torch.Tensor): The block input, (N, H, W, C).
+
+    Returns:
+        str: The first condition that fails, or ''.
+    """
+    conv = block.dwconv
+    reason = _dwconv_reason(conv, x.shape[-1])
+    if reason:
+        return reason
+    if compat.autocast_enabled('cpu') or any(
+            t.dtype != torch.float32 for t in (x, conv.weight, conv.bias)):
+        return 'the dwconv backward kernel computes float32 without autocast'
+    return native.unavailable_reason()
+
+
+def native_dwconv(block: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the block's dwconv may run with our backward (:func:`dwconv_reason` is '')."""
+    return dwconv_reason(block, x) == ''
 
 
 def output_reason(norm: nn.Module, x: torch.Tensor) -> str:

@@ -424,17 +424,26 @@ class _MLP(torch.autograd.Function):
     gradient lives in cache only, written into the buffer of the incoming one (no new (rows, 4C)
     tensor); the weight gradients are summed over the blocks. One block of all rows is the
     'onednn' kernel: nothing is copied or summed, and its GELU is kept for backward instead of
-    computed again (as fast as a kernel of its own, measured on the 2-core EPYC).
+    computed again (as fast as a kernel of its own, measured on the 2-core EPYC). The weights
+    of the products are packed once per call (:func:`packed`), not reordered by every block.
+
+    Note:
+        ``fc1``'s weight gradient ``grad_h^T x`` is ``torch.mm`` on the transposed view: given
+        ``grad_h.t()`` oneDNN's op first copies it into a contiguous (4C, rows) tensor, which
+        took 49 ms per call at stage 2 of a 2x3x512x512 training step on the 2-core Zen 4
+        (2048x1536), more than the product.
     """
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, rows):
         op = torch.ops.mkldnn._linear_pointwise
         hidden, outs = [], []
+        block = min(rows, x.shape[0])
+        pw1, pw2 = packed(w1, block), packed(w2, block)                      # once per call
         for i in range(0, x.shape[0], rows):
-            hidden.append(op(x[i:i + rows], w1, b1, 'none', [], ''))         # (rows, 4C)
+            hidden.append(op(x[i:i + rows], pw1, b1, 'none', [], ''))        # (rows, 4C)
             gelu = F.gelu(hidden[-1])                                          # in cache
-            outs.append(op(gelu, w2, b2, 'none', [], ''))                    # (rows, C)
+            outs.append(op(gelu, pw2, b2, 'none', [], ''))                   # (rows, C)
         # One block: its GELU is kept too, not computed again in backward.
         ctx.save_for_backward(x, w1, w2, *hidden, *([gelu] if len(hidden) == 1 else []))
         ctx.rows, ctx.blocks = rows, len(hidden)
@@ -446,7 +455,8 @@ class _MLP(torch.autograd.Function):
         hidden, gelus = saved[:ctx.blocks], saved[ctx.blocks:] or [None] * ctx.blocks
         op = torch.ops.mkldnn._linear_pointwise
         grad = grad.contiguous()
-        w1t, w2t = w1.t().contiguous(), w2.t().contiguous()
+        block = min(ctx.rows, x.shape[0])
+        w1t, w2t = packed(w1.t().contiguous(), block), packed(w2.t().contiguous(), block)
         grad_xs = []
         grad_w1 = grad_b1 = grad_w2 = None
         for i, h, a in zip(range(0, x.shape[0], ctx.rows), hidden, gelus):
@@ -457,7 +467,8 @@ class _MLP(torch.autograd.Function):
             grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=grad_a)
             if ctx.needs_input_grad[0]:
                 grad_xs.append(op(grad_h, w1t, None, 'none', [], ''))
-            grad_w1 = _onednn_addmm(grad_w1, grad_h.t(), x[i:i + ctx.rows])
+            grad_w1 = (torch.mm(grad_h.t(), x[i:i + ctx.rows]) if grad_w1 is None else
+                       grad_w1.addmm_(grad_h.t(), x[i:i + ctx.rows]))
             grad_b1 = grad_h.sum(0) if grad_b1 is None else grad_b1.add_(grad_h.sum(0))
         grad_x = (grad_xs[0] if len(grad_xs) == 1 else torch.cat(grad_xs)) if grad_xs else None
         return grad_x, grad_w1, grad_b1, grad_w2, grad.sum(0), None
@@ -535,18 +546,5 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
     """
     if not with_grad:
         return linear(linear_gelu(x, w1, b1), w2, b2)
-    params = (w1, b1, w2, b2)
-    shape, kernels = training_shape(x, w1), training_kernels(x, w1)
-    if tuning.decided(shape) is not None or tuning.policy() != 'auto':
-        return tuning.choose(shape, kernels, lambda k: run_training(k, x, *params))[1]
-
-    def probe(kernel: tuning.Kernel) -> None:
-        # Identity hooks: the probe's own graph is not seen by the saved-tensor hooks of an
-        # enclosing activation checkpoint (with_cp), whose recomputation runs no probe.
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-            inputs = [t.detach().requires_grad_(t.requires_grad) for t in (x, *params)]
-            out = run_training(kernel, *inputs)
-            out.backward(torch.ones_like(out))
-
-    kernel, _ = tuning.choose(shape, kernels, probe)
-    return run_training(kernel, x, *params)
+    return tuning.choose_with_backward(training_shape(x, w1), training_kernels(x, w1),
+                                       run_training, (x, w1, b1, w2, b2))

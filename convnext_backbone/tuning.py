@@ -52,8 +52,11 @@ import threading
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
-__all__ = ['MARGIN', 'TUNER', 'Decision', 'Kernel', 'ShapeClass', 'Tuner', 'choose', 'decided',
-           'decisions', 'policy', 'reset', 'save', 'use_policy', 'version']
+import torch
+
+__all__ = ['MARGIN', 'TUNER', 'Decision', 'Kernel', 'ShapeClass', 'Tuner', 'choose',
+           'choose_with_backward', 'decided', 'decisions', 'policy', 'reset', 'save', 'use_policy',
+           'version']
 
 T = TypeVar('T')
 
@@ -84,8 +87,9 @@ class ShapeClass:
     Attributes:
         op (str): 'inference' (the block's tail ``shortcut + scale * fc2(gelu(fc1(x)))`` without
             autograd), 'training' (``fc2(gelu(fc1(x)))`` with autograd), 'head' (the block's
-            ``norm(dwconv(x))`` without autograd; ``hidden`` 0) or 'output' (a stage output
-            ``norm{i}(x)`` as NCHW memory, ``outputs.py``; ``hidden`` 0).
+            ``norm(dwconv(x))`` without autograd; ``hidden`` 0), 'output' (a stage output
+            ``norm{i}(x)`` as NCHW memory, ``outputs.py``; ``hidden`` 0) or 'training_dwconv'
+            (the block's depthwise conv with autograd, ``depthwise.py``; ``hidden`` 0).
         channels (int): C, the block's width.
         hidden (int): The hidden width (4C).
         dtype (str): The compute dtype, e.g. 'float32' or 'bfloat16'.
@@ -107,13 +111,19 @@ class ShapeClass:
     rows_log2: int
     threads: int
 
+    @property
+    def training(self) -> bool:
+        """Whether the class is of a training kernel (timed with its backward)."""
+        return self.op.startswith('training')
+
     def __str__(self) -> str:
         rows = f'rows {2 ** (self.rows_log2 - 1)}..{2 ** self.rows_log2 - 1}'
         extras = [f'residual {self.residual}' if self.residual else '',
                   'layer scale' if self.layer_scale else '', 'GRN' if self.grn else '',
                   'input grad' if self.input_grad else '']
         what = {'head': f'dwconv+LayerNorm C={self.channels}',
-                'output': f'output LayerNorm to NCHW C={self.channels}'}.get(
+                'output': f'output LayerNorm to NCHW C={self.channels}',
+                'training_dwconv': f'training dwconv 7x7 C={self.channels}'}.get(
                     self.op, f'{self.op} MLP C={self.channels} (hidden {self.hidden})')
         return ', '.join([f'{what} {self.dtype}',
                           *[e for e in extras if e], rows, f'{self.threads} threads'])
@@ -227,7 +237,7 @@ class Tuner:
         # and backward the probe timed, and an activation checkpoint (with_cp) recomputes the
         # forward in backward, which must run the kernel the forward ran (a kernel replaced in
         # between saves other tensors: torch.utils.checkpoint refuses the recomputation).
-        if decision.source != 'probe' or decision.kernel == plain or shape.op == 'training':
+        if decision.source != 'probe' or decision.kernel == plain or shape.training:
             return decision.kernel, run(decision.kernel)
         start = time.perf_counter()
         result = run(decision.kernel)
@@ -379,6 +389,39 @@ class Tuner:
                              ) from None
         with self._lock:
             return self._pinned.setdefault(stamp, pinned)
+
+
+def choose_with_backward(shape: ShapeClass, kernels: Sequence[Kernel],
+                         run: Callable[..., torch.Tensor],
+                         inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Training: ``run(kernel, *inputs)`` with autograd, by the kernel decided for ``shape``.
+
+    Where it is not decided yet (nor pinned), each kernel is timed on a forward and a backward
+    of detached copies of ``inputs`` (the gradients of ``inputs`` are not touched), then the
+    chosen one runs on ``inputs``.
+
+    Args:
+        shape (ShapeClass): A training shape class.
+        kernels (Sequence[Kernel]): The candidates, plain first.
+        run (Callable): ``run(kernel, *inputs)`` computes the output with autograd.
+        inputs (Sequence[torch.Tensor]): The tensors ``run`` takes.
+
+    Returns:
+        torch.Tensor: The output of the chosen kernel on ``inputs``.
+    """
+    if decided(shape) is not None or policy() != 'auto':
+        return choose(shape, kernels, lambda kernel: run(kernel, *inputs))[1]
+
+    def probe(kernel: Kernel) -> None:
+        # Identity hooks: the probe's own graph is not seen by the saved-tensor hooks of an
+        # enclosing activation checkpoint (with_cp), whose recomputation runs no probe.
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            copies = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+            out = run(kernel, *copies)
+            out.backward(torch.ones_like(out))
+
+    kernel, _ = choose(shape, kernels, probe)
+    return run(kernel, *inputs)
 
 
 def _timed_rounds(kernels: Sequence[Kernel], run: Callable[[Kernel], T], warm: bool

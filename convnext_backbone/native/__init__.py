@@ -1,6 +1,7 @@
-"""Our compiled kernels: the block's dwconv 7x7 -> LayerNorm in one pass (``dwconv_norm.cpp``)
-and a stage output's LayerNorm written as NCHW in one pass (``layer_norm_nchw.cpp``), with
-their vector helpers (``vec.h``), built as one library.
+"""Our compiled kernels, built as one library: the block's dwconv 7x7 -> LayerNorm in one pass
+(``dwconv_norm.cpp``), a stage output's LayerNorm written as NCHW in one pass
+(``layer_norm_nchw.cpp``) and the depthwise conv's backward for training (``dwconv_grad.cpp``),
+with the conv they share (``dwconv.h``) and their vector helpers (``vec.h``).
 
 It is built once per torch and Python version and source, with torch's C++ extension builder
 (``torch.utils.cpp_extension.load``: a C++ compiler and ninja), into a cache folder keyed by all
@@ -10,9 +11,9 @@ finds no build builds it at its first use (logged). Where it cannot be built or 
 is logged and the block runs its modules (``fast_path.head_reason`` names the reason);
 ``CONVNEXT_NATIVE=0`` turns it off.
 
-The library registers ``torch.ops.convnext_backbone.dwconv7x7_layer_norm`` and
-``torch.ops.convnext_backbone.layer_norm_nchw``; they run their rows on torch's own intra-op
-threads (OpenMP symbols resolved from the libgomp torch loaded).
+The library registers ``torch.ops.convnext_backbone.dwconv7x7_layer_norm``,
+``layer_norm_nchw``, ``dwconv7x7`` and ``dwconv7x7_weight_grad``; they run their rows on
+torch's own intra-op threads (OpenMP symbols resolved from the libgomp torch loaded).
 """
 import functools
 import hashlib
@@ -31,8 +32,9 @@ __all__ = ['ENV', 'HEADERS', 'SOURCES', 'available', 'build', 'cache_dir', 'libr
 #: Set to 0 to never build or load the kernel.
 ENV = 'CONVNEXT_NATIVE'
 _HERE = osp.dirname(osp.abspath(__file__))
-SOURCES = tuple(osp.join(_HERE, name) for name in ('dwconv_norm.cpp', 'layer_norm_nchw.cpp'))
-HEADERS = (osp.join(_HERE, 'vec.h'),)
+SOURCES = tuple(osp.join(_HERE, name)
+                for name in ('dwconv_norm.cpp', 'layer_norm_nchw.cpp', 'dwconv_grad.cpp'))
+HEADERS = tuple(osp.join(_HERE, name) for name in ('vec.h', 'dwconv.h'))
 _NAME = 'convnext_backbone_native'
 _FLAGS = ['-O3', '-fopenmp']  # no -fopenmp at link time: torch's libgomp provides the runtime
 
@@ -95,12 +97,12 @@ def unavailable_reason() -> str:
     if os.environ.get(ENV, '1') == '0':
         return f'{ENV}=0'
     if not osp.isfile(library_path()):
-        print_log(f'convnext_backbone: building our kernels (dwconv+LayerNorm, output norm) '
-                  f'once into {cache_dir()} (tools/install.sh builds them at install)',
-                  logger='current')
+        print_log('convnext_backbone: building our kernels (dwconv+LayerNorm, output norm, '
+                  f'dwconv backward) once into {cache_dir()} (tools/install.sh builds them at '
+                  'install)', logger='current')
     try:
         library = build()
-        if not hasattr(torch.ops.convnext_backbone, 'layer_norm_nchw'):
+        if not hasattr(torch.ops.convnext_backbone, 'dwconv7x7_weight_grad'):
             torch.ops.load_library(library)
     except Exception as err:  # noqa: BLE001 - any failure means the modules run
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
