@@ -2,20 +2,15 @@
 depthwise.py): its gradients are autograd's (every border, any C, any input needing none), it
 runs only where fast_path.dwconv_reason finds nothing against it, a pinned kernel is the one
 that runs in every block, and the backbone's gradients equal the reference's, with_cp too."""
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import RefConvNeXt
+from kernel_helpers import needs_native, ours_and_reference, pin_op, random_block, record_kernels
 from torch import nn
 
-from convnext_backbone import ConvNeXt, depthwise, fast_path, head, native, tuning
-from convnext_backbone.convnext import Block
+from convnext_backbone import depthwise, fast_path, head, tuning
 
 pytestmark = [pytest.mark.core, pytest.mark.onedl_core, pytest.mark.usefixtures('fresh_decisions')]
-needs_native = pytest.mark.skipif(
-    not native.available(), reason=f'our kernel is not built here: {native.unavailable_reason()}')
 
 
 def _plain(x, weight, bias):
@@ -48,12 +43,7 @@ def test_the_gradients_are_autograds_at_every_border_and_width(shape, needs):
 
 
 def _block(seed=0):
-    block = Block(24).train()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in block.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return block
+    return random_block(seed=seed).train()
 
 
 @needs_native
@@ -90,33 +80,8 @@ def test_under_autocast_the_dwconv_runs_its_module():
             _block(), torch.randn(1, 8, 8, 24))
 
 
-def _pair(arch, with_cp=False):
-    ref = RefConvNeXt(arch['depths'], arch['dims'])
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    model = ConvNeXt(arch, out_indices=(0, 1, 2, 3), with_cp=with_cp)
-    model.load_state_dict(ref.state_dict(), strict=True)
-    return model.train(), ref.train()
-
-
 def _loss(outs):
     return sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
-
-
-def _pinned_file(tmp_path, model, x, kernel):
-    _loss(model(x)).backward()
-    model.zero_grad()
-    path = tmp_path / f'{kernel.name}.json'
-    tuning.save(str(path))
-    data = json.loads(path.read_text())
-    for entry in data['decisions']:
-        if entry['shape']['op'] == 'training_dwconv':
-            entry['kernel'] = dict(name=kernel.name, rows=0)
-    path.write_text(json.dumps(data))
-    tuning.reset()
-    return str(path)
 
 
 @needs_native
@@ -124,13 +89,12 @@ def _pinned_file(tmp_path, model, x, kernel):
 @pytest.mark.parametrize('kernel', [head.PLAIN, head.NATIVE], ids=str)
 def test_a_pinned_dwconv_kernel_runs_in_every_block_and_the_gradients_equal_the_reference(
         kernel, with_cp, tmp_path, monkeypatch):
-    arch = {'depths': [2, 1, 1, 1], 'dims': [16, 40, 32, 48]}
-    model, ref = _pair(arch, with_cp)
+    model, ref = ours_and_reference(with_cp=with_cp)
+    model.train(), ref.train()
     x = torch.randn(2, 3, 64, 96)
-    path = _pinned_file(tmp_path, model, x, kernel)
-    ran = []
-    real = depthwise.run_dwconv
-    monkeypatch.setattr(depthwise, 'run_dwconv', lambda k, *a: ran.append(k) or real(k, *a))
+    path = pin_op(tmp_path, lambda: _loss(model(x)).backward(), 'training_dwconv', kernel)
+    model.zero_grad()
+    ran = record_kernels(monkeypatch, depthwise, 'run_dwconv')
     with tuning.use_policy(path):
         _loss(model(x)).backward()
     _loss(ref(x)).backward()

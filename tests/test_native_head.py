@@ -2,7 +2,6 @@
 head.py): it computes what the modules compute (float32, bf16 autocast, a bfloat16 model, NaN,
 borders, any C), it runs only where fast_path.head_reason finds nothing against it, a pinned
 kernel is the one that runs, and where it cannot be built the modules run after one line."""
-import json
 import os
 import subprocess
 
@@ -10,15 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import PY, ROOT
-from reference import RefConvNeXt
+from kernel_helpers import needs_native, ours_and_reference, pin_op, random_block, record_kernels
 from torch import nn
 
-from convnext_backbone import ConvNeXt, fast_path, head, native, tuning
-from convnext_backbone.convnext import Block
+from convnext_backbone import fast_path, head, native, tuning
 
 pytestmark = [pytest.mark.core, pytest.mark.onedl_core, pytest.mark.usefixtures('fresh_decisions')]
-needs_native = pytest.mark.skipif(
-    not native.available(), reason=f'our kernel is not built here: {native.unavailable_reason()}')
 
 
 def _modules(x, conv, norm):
@@ -85,12 +81,7 @@ def test_a_nan_reaches_the_same_outputs_as_through_the_modules():
 
 
 def _block(seed=0):
-    block = Block(24).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in block.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return block
+    return random_block(seed=seed).eval()
 
 
 @needs_native
@@ -131,42 +122,21 @@ def test_a_float64_input_runs_the_modules():
     assert 'float64' in fast_path.head_reason(block, torch.randn(1, 8, 8, 24).double())
 
 
-def _pinned_file(tmp_path, model, x, kernel):
-    with tuning.use_policy('auto'), torch.no_grad():
-        model(x)
-    path = tmp_path / f'{kernel.name}.json'
-    tuning.save(str(path))
-    data = json.loads(path.read_text())
-    for entry in data['decisions']:
-        if entry['shape']['op'] == 'head':
-            entry['kernel'] = dict(name=kernel.name, rows=0)
-    path.write_text(json.dumps(data))
-    tuning.reset()
-    return str(path)
-
-
 @needs_native
 @pytest.mark.parametrize('kernel', [head.PLAIN, head.NATIVE], ids=str)
 def test_a_pinned_head_kernel_runs_in_every_block_and_the_backbone_equals_the_reference(
         kernel, tmp_path, monkeypatch):
-    arch = {'depths': [2, 1, 1, 1], 'dims': [16, 40, 32, 48]}
-    ref = RefConvNeXt(arch['depths'], arch['dims'])
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.copy_(torch.randn(p.shape) * 0.2)
-    model = ConvNeXt(arch, out_indices=(0, 1, 2, 3))
-    model.load_state_dict(ref.state_dict(), strict=True)
+    model, ref = ours_and_reference()
     model.eval()
     x = torch.randn(2, 3, 64, 96)
-    path = _pinned_file(tmp_path, model, x, kernel)
-    ran = []
-    real = head.run_head
-    monkeypatch.setattr(head, 'run_head', lambda k, *a: ran.append(k) or real(k, *a))
-    with tuning.use_policy(path), torch.no_grad():
-        outs = model(x)
-    assert ran == [kernel] * 5  # each of the five blocks, nothing probed
-    for got, want in zip(outs, ref(x)):
-        assert ((got - want).norm() / want.norm()).item() < 1e-5
+    with torch.no_grad():
+        path = pin_op(tmp_path, lambda: model(x), 'head', kernel)
+        ran = record_kernels(monkeypatch, head, 'run_head')
+        with tuning.use_policy(path):
+            outs = model(x)
+        assert ran == [kernel] * 5  # each of the five blocks, nothing probed
+        for got, want in zip(outs, ref(x)):
+            assert ((got - want).norm() / want.norm()).item() < 1e-5
 
 
 def test_without_a_compiler_the_modules_run_after_one_logged_line(tmp_path):

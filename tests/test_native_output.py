@@ -2,18 +2,14 @@
 outputs.py): it computes what the module and the copy compute (float32 at any width and tile
 remainder, bfloat16, NaN), it runs only where fast_path.output_reason finds nothing against it,
 and a pinned kernel is the one that runs in every output."""
-import json
-
 import pytest
 import torch
-from reference import RefConvNeXt
+from kernel_helpers import needs_native, ours_and_reference, pin_op, record_kernels
 from torch import nn
 
-from convnext_backbone import ConvNeXt, fast_path, head, native, outputs, tuning
+from convnext_backbone import fast_path, head, outputs, tuning
 
 pytestmark = [pytest.mark.core, pytest.mark.onedl_core, pytest.mark.usefixtures('fresh_decisions')]
-needs_native = pytest.mark.skipif(
-    not native.available(), reason=f'our kernel is not built here: {native.unavailable_reason()}')
 
 
 def _norm(channels, seed=0):
@@ -101,40 +97,19 @@ def test_deterministic_mode_runs_the_module():
         torch.use_deterministic_algorithms(False)
 
 
-def _pinned_file(tmp_path, model, x, kernel):
-    with tuning.use_policy('auto'), torch.no_grad():
-        model(x)
-    path = tmp_path / f'{kernel.name}.json'
-    tuning.save(str(path))
-    data = json.loads(path.read_text())
-    for entry in data['decisions']:
-        if entry['shape']['op'] == 'output':
-            entry['kernel'] = dict(name=kernel.name, rows=0)
-    path.write_text(json.dumps(data))
-    tuning.reset()
-    return str(path)
-
-
 @needs_native
 @pytest.mark.parametrize('kernel', [head.PLAIN, head.NATIVE], ids=str)
 def test_a_pinned_output_kernel_runs_in_every_output_and_the_backbone_equals_the_reference(
         kernel, tmp_path, monkeypatch):
-    arch = {'depths': [1, 1, 1, 1], 'dims': [16, 40, 32, 48]}
-    ref = RefConvNeXt(arch['depths'], arch['dims'])
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.copy_(torch.randn(p.shape) * 0.2)
-    model = ConvNeXt(arch, out_indices=(0, 1, 2, 3))
-    model.load_state_dict(ref.state_dict(), strict=True)
+    model, ref = ours_and_reference()
     model.eval()
     x = torch.randn(2, 3, 64, 96)
-    path = _pinned_file(tmp_path, model, x, kernel)
-    ran = []
-    real = outputs.run_output
-    monkeypatch.setattr(outputs, 'run_output', lambda k, *a: ran.append(k) or real(k, *a))
-    with tuning.use_policy(path), torch.no_grad():
-        outs = model(x)
-    assert ran == [kernel] * 4  # each of the four outputs, nothing probed
-    for got, want in zip(outs, ref(x)):
-        assert got.is_contiguous()
-        assert ((got - want).norm() / want.norm()).item() < 1e-5
+    with torch.no_grad():
+        path = pin_op(tmp_path, lambda: model(x), 'output', kernel)
+        ran = record_kernels(monkeypatch, outputs, 'run_output')
+        with tuning.use_policy(path):
+            outs = model(x)
+        assert ran == [kernel] * 4  # each of the four outputs, nothing probed
+        for got, want in zip(outs, ref(x)):
+            assert got.is_contiguous()
+            assert ((got - want).norm() / want.norm()).item() < 1e-5

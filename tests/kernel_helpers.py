@@ -1,0 +1,65 @@
+"""What the tests of our compiled kernels share (test_native_head.py, test_native_output.py,
+test_native_dwconv_grad.py): a block of random weights, our backbone beside the reference with
+the same weights, a decisions file pinning one op's kernel, and a record of the kernels run."""
+import json
+
+import pytest
+import torch
+from reference import RefConvNeXt
+
+from convnext_backbone import ConvNeXt, native, tuning
+from convnext_backbone.convnext import Block
+
+needs_native = pytest.mark.skipif(
+    not native.available(), reason=f'our kernel is not built here: {native.unavailable_reason()}')
+#: Blocks of different widths in every stage, one with a width that is not a multiple of 16.
+ARCH = {'depths': [2, 1, 1, 1], 'dims': [16, 40, 32, 48]}
+
+
+def random_block(width=24, seed=0):
+    """A ``Block`` of ``width`` channels, every parameter random (scale 0.2)."""
+    block = Block(width)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return block
+
+
+def ours_and_reference(arch=None, **kwargs):
+    """Our backbone (all four outputs) and the reference (``tests/reference.py``) holding the
+    same random weights."""
+    arch = arch or ARCH
+    ref = RefConvNeXt(arch['depths'], arch['dims'])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    model = ConvNeXt(arch, out_indices=(0, 1, 2, 3), **kwargs)
+    model.load_state_dict(ref.state_dict(), strict=True)
+    return model, ref
+
+
+def pin_op(tmp_path, run, op, kernel):
+    """A decisions file of what ``run()`` decides, with ``kernel`` for every shape class of
+    ``op``; the decisions are forgotten after."""
+    with tuning.use_policy('auto'):
+        run()
+    path = tmp_path / f'{op}-{kernel.name}.json'
+    tuning.save(str(path))
+    data = json.loads(path.read_text())
+    for entry in data['decisions']:
+        if entry['shape']['op'] == op:
+            entry['kernel'] = dict(name=kernel.name, rows=0)
+    path.write_text(json.dumps(data))
+    tuning.reset()
+    return str(path)
+
+
+def record_kernels(monkeypatch, module, name):
+    """The kernels ``module.name(kernel, ...)`` is called with from now on (a list that grows)."""
+    ran = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda kernel, *args: ran.append(kernel) or real(kernel,
+                                                                                       *args))
+    return ran
