@@ -17,6 +17,8 @@ import pytest
 from helpers import ROOT, layered_venv
 from test_tools import check, needs_ops, write_config, write_tiny_coco
 
+from convnext_backbone import native
+
 RECIPE = 'mask-rcnn_convnext-t_fpn_amp-ms-crop-3x_coco.py'
 #: what a copy of the checkout leaves out: venvs, caches, build outputs, data
 SKIP = shutil.ignore_patterns('.git', '.venv*', '.wheels', 'work_dirs', 'data', 'build', 'dist',
@@ -55,7 +57,10 @@ def test_the_wheel_carries_recipes_and_tools_under_mim(wheel):
                                                                          '*.py'), recursive=True)}
     assert {f'convnext_backbone/.mim/{c}' for c in configs} <= names  # every recipe
     assert not any(n.startswith(('tests/', 'configs/', 'tools/')) for n in names)
-    assert 'convnext_backbone/native/dwconv_norm.cpp' in names  # built where it is installed
+    # every source and header of our kernels: they are built where the wheel is installed
+    for path in native.SOURCES + native.HEADERS:
+        name = 'convnext_backbone/native/' + os.path.basename(path)
+        assert name in names, name
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith('entry_points.txt'))).decode()
     for name in _scripts():

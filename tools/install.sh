@@ -27,8 +27,8 @@
 #   4. the package itself, editable, with the extras in $EXTRAS (default: dev = all + test +
 #      deploy, and the stack's extra; EXTRAS must name exactly one of openmmlab[-core] and
 #      onedl[-core]);
-#   5. our dwconv+LayerNorm kernel (convnext_backbone/native: a C++ compiler and ninja), cached
-#      by torch, Python and source; where it does not build, a warning and the modules run.
+#   5. our kernels (convnext_backbone/native: a C++ compiler and ninja), cached
+#      by torch, Python and source; where they do not build, a warning and the modules run.
 # It checks by importing mmcv(.ops) and the package and converting a numpy array with torch.
 # A second run with nothing to do finishes in seconds (stamp keyed on this script, pyproject.toml,
 # EXTRAS and MMCV_OPS).
@@ -348,11 +348,11 @@ mapfile -t REQUIREMENTS <<< "$REQUIREMENTS"
 "${INSTALL[@]}" --no-build-isolation --no-deps -e "$ROOT[$EXTRAS]"
 "${INSTALL[@]}" "${REQUIREMENTS[@]}"
 "$PY" -c "$CHECK" || die "the installed environment fails: $PY -c '$CHECK'"
-# our dwconv+LayerNorm kernel (convnext_backbone/native), cached by torch, Python and source in
-# ~/.cache/convnext-backbone/native; without it the blocks run their modules
-log "building convnext_backbone's dwconv+LayerNorm kernel for torch $TORCH (cached)"
+# our kernels (convnext_backbone/native), cached by torch, Python and source in
+# ~/.cache/convnext-backbone/native; without them the blocks and outputs run their modules
+log "building convnext_backbone's kernels for torch $TORCH (cached)"
 "$PY" -c 'from convnext_backbone import native; print(native.build())' \
-    || log "warning: the dwconv+LayerNorm kernel did not build; the blocks will run their modules"
+    || log "warning: our kernels did not build; the blocks and outputs will run their modules"
 echo "$KEY" > "$STAMP"
 log "done ($PREFIX): $("$PY" -c 'import importlib.metadata as m
 names = ("torch", "torchvision", "numpy", "opencv-python", "mmengine", "mmcv", "mmcv-lite", "mmdet",
