@@ -18,10 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import native, tuning
-from .head import NATIVE, PLAIN
-from .ops import row_count
+from .native import NATIVE, PLAIN
+from .ops import dtype_name, row_count
 
-__all__ = ['depthwise_conv', 'dwconv_kernels', 'dwconv_shape', 'run_dwconv']
+__all__ = ['depthwise_conv', 'dwconv_shape', 'run_dwconv']
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The depthwise 7x7 conv of (N, H, W, C) ``x`` on its channels-last view, as the block
+    runs its module: (N, H, W, C)."""
+    return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, 1, 3, 1, x.shape[-1]).permute(0, 2, 3, 1)
 
 
 class _DepthwiseConv7x7(torch.autograd.Function):
@@ -31,8 +37,7 @@ class _DepthwiseConv7x7(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, 1, 3, 1, x.shape[-1]).permute(
-            0, 2, 3, 1)
+        return _conv(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -56,15 +61,9 @@ def dwconv_shape(x: torch.Tensor) -> tuning.ShapeClass:
     """The :class:`~.tuning.ShapeClass` of a call of :func:`depthwise_conv` on ``x`` (N, H, W,
     C)."""
     return tuning.ShapeClass(
-        op='training_dwconv', channels=x.shape[-1], hidden=0, dtype='float32', residual='',
-        layer_scale=False, grn=False, input_grad=x.requires_grad,
+        op='training_dwconv', channels=x.shape[-1], hidden=0, dtype=dtype_name(x.dtype),
+        residual='', layer_scale=False, grn=False, input_grad=x.requires_grad,
         rows_log2=row_count(x).bit_length(), threads=torch.get_num_threads())
-
-
-def dwconv_kernels() -> list:
-    """The kernels that may compute the conv in training, plain first; ``native`` where it is
-    loaded."""
-    return [PLAIN, NATIVE] if native.available() else [PLAIN]
 
 
 def run_dwconv(kernel: tuning.Kernel, x: torch.Tensor, weight: torch.Tensor,
@@ -72,7 +71,7 @@ def run_dwconv(kernel: tuning.Kernel, x: torch.Tensor, weight: torch.Tensor,
     """The depthwise 7x7 conv (zero padding 3) of ``x`` with autograd, by ``kernel``.
 
     Args:
-        kernel (Kernel): :data:`~.head.PLAIN` or :data:`~.head.NATIVE`.
+        kernel (Kernel): :data:`~.native.PLAIN` or :data:`~.native.NATIVE`.
         x (torch.Tensor): (N, H, W, C), contiguous, float32.
         weight (torch.Tensor): (C, 1, 7, 7). bias (torch.Tensor): (C,).
 
@@ -80,8 +79,7 @@ def run_dwconv(kernel: tuning.Kernel, x: torch.Tensor, weight: torch.Tensor,
         torch.Tensor: (N, H, W, C), a channels-last view, as the module's output permuted.
     """
     if kernel == PLAIN:
-        return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, 1, 3, 1, x.shape[-1]).permute(
-            0, 2, 3, 1)
+        return _conv(x, weight, bias)
     if kernel == NATIVE and native.available():
         return _DepthwiseConv7x7.apply(x, weight, bias)
     raise ValueError(f'kernel {kernel} cannot compute the depthwise conv in training')
@@ -98,5 +96,5 @@ def depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     Returns:
         torch.Tensor: (N, H, W, C).
     """
-    return tuning.choose_with_backward(dwconv_shape(x), dwconv_kernels(), run_dwconv,
+    return tuning.choose_with_backward(dwconv_shape(x), native.kernels(), run_dwconv,
                                        (x, conv.weight, conv.bias))

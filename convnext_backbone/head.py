@@ -20,9 +20,9 @@ from torch import nn
 from . import native, tuning
 from .ops import compute_dtype, dtype_name, row_count
 
-__all__ = ['NATIVE', 'PLAIN', 'dwconv_norm', 'head_kernels', 'head_shape', 'run_head']
+__all__ = ['NATIVE', 'PLAIN', 'dwconv_norm', 'head_shape', 'run_head']
 
-PLAIN, NATIVE = tuning.Kernel('plain'), tuning.Kernel('native')
+PLAIN, NATIVE = native.PLAIN, native.NATIVE
 
 
 def head_shape(x: torch.Tensor) -> tuning.ShapeClass:
@@ -31,11 +31,6 @@ def head_shape(x: torch.Tensor) -> tuning.ShapeClass:
         op='head', channels=x.shape[-1], hidden=0, dtype=dtype_name(compute_dtype(x)),
         residual=dtype_name(x.dtype), layer_scale=False, grn=False, input_grad=False,
         rows_log2=row_count(x).bit_length(), threads=torch.get_num_threads())
-
-
-def head_kernels() -> list:
-    """The kernels that may compute the head, plain first; ``native`` where it is loaded."""
-    return [PLAIN, NATIVE] if native.available() else [PLAIN]
 
 
 def _native_args(x: torch.Tensor, dwconv: nn.Conv2d,
@@ -93,5 +88,5 @@ def dwconv_norm(x: torch.Tensor, dwconv: nn.Conv2d, norm: nn.LayerNorm) -> torch
     Returns:
         torch.Tensor: (N, H, W, C), as :func:`run_head`.
     """
-    return tuning.choose(head_shape(x), head_kernels(),
+    return tuning.choose(head_shape(x), native.kernels(),
                          lambda kernel: run_head(kernel, x, dwconv, norm))[1]

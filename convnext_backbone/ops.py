@@ -118,7 +118,7 @@ def weight_packing_available(dtype: torch.dtype = torch.float32) -> bool:
 def packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """``weight`` reordered for oneDNN's products of ``rows`` rows (where
     :func:`weight_packing_available`), or ``weight`` itself. No autograd: the result is only
-    for the products of :func:`blocked_residual_mlp`, within one call.
+    for the products of one call of :func:`blocked_residual_mlp` or of :class:`_MLP`.
 
     Args:
         weight (torch.Tensor): (out_features, in_features), in the compute dtype.
@@ -267,7 +267,8 @@ def blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2
     w1, b1, w2, b2 = (t.to(dtype) for t in (w1, b1, w2, b2))
     x2 = x.to(dtype).reshape(-1, x.shape[-1])
     with torch.autocast('cpu', enabled=False):  # reordered once for all the blocks of this call
-        w1, w2 = packed(w1, min(rows, x2.shape[0])), packed(w2, min(rows, x2.shape[0]))
+        block = min(rows, x2.shape[0])
+        w1, w2 = packed(w1, block), packed(w2, block)
     res = shortcut.reshape(-1, shortcut.shape[-1])
     out_dtype = torch.promote_types(shortcut.dtype, dtype)
     if scale is not None:
@@ -399,10 +400,11 @@ def _onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     such as ``grad.t()`` need no copy.
 
     Note:
-        The backward products of the oneDNN training kernels use this instead of ``torch.mm``:
-        on the AMD EPYCs measured, ``torch.mm`` (MKL) ran float32 products at half oneDNN's
-        rate. The training probe times these kernels against the plain ops (autograd's
-        ``torch.mm``), so where MKL is faster the plain ops are chosen.
+        The backward products of the oneDNN training kernels use this instead of ``torch.mm``
+        (all but ``fc1``'s weight gradient, see :class:`_MLP`): on the AMD EPYCs measured,
+        ``torch.mm`` (MKL) ran float32 products at half oneDNN's rate. The training probe times
+        these kernels against the plain ops (autograd's ``torch.mm``), so where MKL is faster
+        the plain ops are chosen.
     """
     return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, 'none', [], '')
 
@@ -456,7 +458,8 @@ class _MLP(torch.autograd.Function):
         op = torch.ops.mkldnn._linear_pointwise
         grad = grad.contiguous()
         block = min(ctx.rows, x.shape[0])
-        w1t, w2t = packed(w1.t().contiguous(), block), packed(w2.t().contiguous(), block)
+        w2t = packed(w2.t().contiguous(), block)
+        w1t = packed(w1.t().contiguous(), block) if ctx.needs_input_grad[0] else None
         grad_xs = []
         grad_w1 = grad_b1 = grad_w2 = None
         for i, h, a in zip(range(0, x.shape[0], ctx.rows), hidden, gelus):

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fast_path, native, tuning
-from .head import NATIVE, PLAIN
+from .native import NATIVE, PLAIN
 from .ops import dtype_name, row_count
 
-__all__ = ['output_kernels', 'output_shape', 'run_output', 'stage_output']
+__all__ = ['output_shape', 'run_output', 'stage_output']
 
 
 def output_shape(x: torch.Tensor) -> tuning.ShapeClass:
@@ -32,16 +32,11 @@ def output_shape(x: torch.Tensor) -> tuning.ShapeClass:
         rows_log2=row_count(x).bit_length(), threads=torch.get_num_threads())
 
 
-def output_kernels() -> list:
-    """The kernels that may compute a stage output, plain first; ``native`` where it is loaded."""
-    return [PLAIN, NATIVE] if native.available() else [PLAIN]
-
-
 def run_output(kernel: tuning.Kernel, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     """``norm(x)`` as contiguous (N, C, H, W) memory, computed by ``kernel``, without autograd.
 
     Args:
-        kernel (Kernel): :data:`~.head.PLAIN` or :data:`~.head.NATIVE`.
+        kernel (Kernel): :data:`~.native.PLAIN` or :data:`~.native.NATIVE`.
         x (torch.Tensor): (N, H, W, C), contiguous, float32 or bfloat16.
         norm (nn.LayerNorm): The stage's output norm, over C, with weight and bias.
 
@@ -70,5 +65,5 @@ def stage_output(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """
     if fast_path.output_reason(norm, x):
         return norm(x).permute(0, 3, 1, 2).contiguous()
-    return tuning.choose(output_shape(x), output_kernels(),
+    return tuning.choose(output_shape(x), native.kernels(),
                          lambda kernel: run_output(kernel, x, norm))[1]

@@ -245,6 +245,38 @@ class Tuner:
             self._confirm(shape, decision, plain, run)
         return decision.kernel, result
 
+    def choose_with_backward(self, shape: ShapeClass, kernels: Sequence[Kernel],
+                             run: Callable[..., torch.Tensor],
+                             inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Training: ``run(kernel, *inputs)`` with autograd, by the kernel decided for ``shape``.
+
+        Where it is not decided yet (nor pinned), each kernel is timed on a forward and a
+        backward of detached copies of ``inputs`` (the gradients of ``inputs`` are not touched),
+        then the chosen one runs on ``inputs``.
+
+        Args:
+            shape (ShapeClass): A training shape class.
+            kernels (Sequence[Kernel]): The candidates, plain first.
+            run (Callable): ``run(kernel, *inputs)`` computes the output with autograd.
+            inputs (Sequence[torch.Tensor]): The tensors ``run`` takes.
+
+        Returns:
+            torch.Tensor: The output of the chosen kernel on ``inputs``.
+        """
+        if self.decided(shape) is not None or self.policy() != 'auto':
+            return self.choose(shape, kernels, lambda kernel: run(kernel, *inputs))[1]
+
+        def probe(kernel: Kernel) -> None:
+            # Identity hooks: the probe's own graph is not seen by the saved-tensor hooks of an
+            # enclosing activation checkpoint (with_cp), whose recomputation runs no probe.
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+                copies = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+                out = run(kernel, *copies)
+                out.backward(torch.ones_like(out))
+
+        kernel, _ = self.choose(shape, kernels, probe)
+        return run(kernel, *inputs)
+
     def decided(self, shape: ShapeClass) -> Optional[Kernel]:
         """The kernel decided for ``shape`` in this process (the plain one under the 'plain'
         policy is not recorded), or None."""
@@ -391,39 +423,6 @@ class Tuner:
             return self._pinned.setdefault(stamp, pinned)
 
 
-def choose_with_backward(shape: ShapeClass, kernels: Sequence[Kernel],
-                         run: Callable[..., torch.Tensor],
-                         inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Training: ``run(kernel, *inputs)`` with autograd, by the kernel decided for ``shape``.
-
-    Where it is not decided yet (nor pinned), each kernel is timed on a forward and a backward
-    of detached copies of ``inputs`` (the gradients of ``inputs`` are not touched), then the
-    chosen one runs on ``inputs``.
-
-    Args:
-        shape (ShapeClass): A training shape class.
-        kernels (Sequence[Kernel]): The candidates, plain first.
-        run (Callable): ``run(kernel, *inputs)`` computes the output with autograd.
-        inputs (Sequence[torch.Tensor]): The tensors ``run`` takes.
-
-    Returns:
-        torch.Tensor: The output of the chosen kernel on ``inputs``.
-    """
-    if decided(shape) is not None or policy() != 'auto':
-        return choose(shape, kernels, lambda kernel: run(kernel, *inputs))[1]
-
-    def probe(kernel: Kernel) -> None:
-        # Identity hooks: the probe's own graph is not seen by the saved-tensor hooks of an
-        # enclosing activation checkpoint (with_cp), whose recomputation runs no probe.
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-            copies = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
-            out = run(kernel, *copies)
-            out.backward(torch.ones_like(out))
-
-    kernel, _ = choose(shape, kernels, probe)
-    return run(kernel, *inputs)
-
-
 def _timed_rounds(kernels: Sequence[Kernel], run: Callable[[Kernel], T], warm: bool
                   ) -> Tuple[Dict[Kernel, List[float]], Dict[Kernel, T]]:
     """Run every kernel once per round, interleaved: an untimed round first where ``warm``, then
@@ -481,6 +480,7 @@ TUNER = Tuner()
 policy = TUNER.policy
 use_policy = TUNER.use_policy
 choose = TUNER.choose
+choose_with_backward = TUNER.choose_with_backward
 decided = TUNER.decided
 version = TUNER.version
 decisions = TUNER.decisions

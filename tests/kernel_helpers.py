@@ -1,6 +1,8 @@
 """What the tests of our compiled kernels share (test_native_head.py, test_native_output.py,
-test_native_dwconv_grad.py): a block of random weights, our backbone beside the reference with
-the same weights, a decisions file pinning one op's kernel, and a record of the kernels run."""
+test_native_dwconv_grad.py; test_fast_paths.py pins its kernels with pin_op too): a block of
+random weights, our backbone beside the reference with the same weights, a decisions file
+pinning one op's kernel, and a record of the kernels run."""
+import dataclasses
 import json
 
 import pytest
@@ -41,8 +43,9 @@ def ours_and_reference(arch=None, **kwargs):
 
 
 def pin_op(tmp_path, run, op, kernel):
-    """A decisions file of what ``run()`` decides, with ``kernel`` for every shape class of
-    ``op``; the decisions are forgotten after."""
+    """A decisions file of what ``run()`` decides, with ``kernel`` (a ``tuning.Kernel``, its
+    rows too) for every shape class of ``op``; the others keep their decided kernels. The
+    decisions are forgotten after."""
     with tuning.use_policy('auto'):
         run()
     path = tmp_path / f'{op}-{kernel.name}.json'
@@ -50,7 +53,7 @@ def pin_op(tmp_path, run, op, kernel):
     data = json.loads(path.read_text())
     for entry in data['decisions']:
         if entry['shape']['op'] == op:
-            entry['kernel'] = dict(name=kernel.name, rows=0)
+            entry['kernel'] = dataclasses.asdict(kernel)
     path.write_text(json.dumps(data))
     tuning.reset()
     return str(path)

@@ -5,12 +5,12 @@ with that kernel) and checks, through the ``ran`` fixture, that it is what ran, 
 backward included, not silently the plain ops.
 """
 import copy
-import dataclasses
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_helpers import pin_op
 from reference import RefConvNeXt, randomise_
 
 from convnext_backbone import ConvNeXt, ops, tuning
@@ -57,22 +57,6 @@ def _names(calls):
     return {name for name, _, _ in calls}
 
 
-def _pin_every_class(tmp_path, run, kernel, op=None):
-    """A decisions file naming ``kernel`` for every shape class ``run()`` decides (of ``op``
-    only where given; the others keep their decided kernels)."""
-    with tuning.use_policy('auto'):
-        run()
-    path = tmp_path / f'{kernel.name}.json'
-    tuning.save(str(path))
-    data = json.loads(path.read_text())
-    for entry in data['decisions']:
-        if op is None or entry['shape']['op'] == op:
-            entry['kernel'] = dataclasses.asdict(kernel)
-    path.write_text(json.dumps(data))
-    tuning.reset()
-    return str(path)
-
-
 def _pair(arch, seed=0):
     """Our backbone and the plain reference, holding the same random weights."""
     ref = randomise_(RefConvNeXt(arch['depths'], arch['dims'], v2=arch.get('use_grn', False)),
@@ -110,7 +94,7 @@ def test_inference_by_each_kernel_matches_reference(arch, kernel, ran, tmp_path,
     model.eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
-        pinned = _pin_every_class(tmp_path, lambda: model(x), kernel, op='inference')
+        pinned = pin_op(tmp_path, lambda: model(x), 'inference', kernel)
         ran.clear()
         with tuning.use_policy(pinned):
             outs = model(x)
@@ -131,9 +115,8 @@ def test_training_by_each_kernel_matches_reference_gradients(kernel, ran, tmp_pa
     monkeypatch.setattr(ops, 'block_sizes', lambda *args: [16])  # a candidate in every stage
     model, ref = _pair(V1)
     x = torch.randn(2, 3, 64, 64)
-    pinned = _pin_every_class(
-        tmp_path, lambda: _loss(copy.deepcopy(model).train()(x)).backward(), kernel,
-        op='training')
+    pinned = pin_op(tmp_path, lambda: _loss(copy.deepcopy(model).train()(x)).backward(),
+                    'training', kernel)
     ran.clear()
     with tuning.use_policy(pinned):
         _loss(model.train()(x)).backward()

@@ -26,8 +26,14 @@ import sysconfig
 import torch
 from mmengine.logging import print_log
 
-__all__ = ['ENV', 'HEADERS', 'SOURCES', 'available', 'build', 'cache_dir', 'library_path',
-           'unavailable_reason']
+from .. import tuning
+
+__all__ = ['ENV', 'HEADERS', 'NATIVE', 'PLAIN', 'SOURCES', 'available', 'build', 'cache_dir',
+           'kernels', 'library_path', 'unavailable_reason']
+
+#: The two kernels of each op our library computes (the block head, the stage outputs, the
+#: dwconv in training): the plain PyTorch ops, and ours.
+PLAIN, NATIVE = tuning.Kernel('plain'), tuning.Kernel('native')
 
 #: Set to 0 to never build or load the kernel.
 ENV = 'CONVNEXT_NATIVE'
@@ -119,3 +125,9 @@ def unavailable_reason() -> str:
 def available() -> bool:
     """Whether our kernels are loaded (building or loading them on the first call)."""
     return unavailable_reason() == ''
+
+
+def kernels() -> list:
+    """The tuner's candidates for an op of our library, plain first; :data:`NATIVE` where the
+    library is loaded."""
+    return [PLAIN, NATIVE] if available() else [PLAIN]
