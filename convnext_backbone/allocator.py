@@ -27,7 +27,6 @@ Note:
     28,000 -> 0.
 """
 import ctypes
-import ctypes.util
 import os
 
 __all__ = ['MMAP_THRESHOLD', 'TRIM_THRESHOLD', 'USER_SETTINGS', 'describe', 'keep_freed_memory']
@@ -47,17 +46,14 @@ _STATE = {'at_import': ''}
 
 
 def _glibc():
-    """glibc as a ctypes library, or None where the C library is another one."""
-    name = ctypes.util.find_library('c')
-    if not name:
-        return None
+    """glibc as a ctypes library, or None where the C library is another one (asked of the
+    running C library, no search: glibc's shared object is ``libc.so.6``)."""
     try:
-        libc = ctypes.CDLL(name)
-        libc.gnu_get_libc_version.restype = ctypes.c_char_p
-        libc.gnu_get_libc_version()
-    except (OSError, AttributeError):
+        if not (os.confstr('CS_GNU_LIBC_VERSION') or '').startswith('glibc'):
+            return None
+        return ctypes.CDLL('libc.so.6')
+    except (AttributeError, OSError, ValueError):  # no confstr, or no such name or library
         return None
-    return libc
 
 
 def _malloc_interposed(libc) -> bool:
