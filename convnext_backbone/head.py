@@ -60,14 +60,19 @@ def run_head(kernel: tuning.Kernel, x: torch.Tensor, dwconv: nn.Conv2d,
         norm (nn.LayerNorm): The block's LayerNorm over C.
 
     Returns:
-        torch.Tensor: (N, H, W, C). The plain ops give the modules' dtype; the kernel gives
-        the compute dtype (:func:`~.ops.compute_dtype`; under autocast bfloat16 where the
-        modules give float32 with the same values, which the products round to bfloat16 first).
+        torch.Tensor: (N, H, W, C) of the compute dtype (:func:`~.ops.compute_dtype`). Under
+        autocast that is bfloat16 also where the modules give float32 (autocast's layer_norm
+        does on some torch versions): the products round it to bfloat16 first, so the block
+        computes the same, and both kernels pay for that rounding.
     """
     if kernel == PLAIN:
         y = F.conv2d(x.permute(0, 3, 1, 2), dwconv.weight, dwconv.bias, 1, 3, 1, x.shape[-1])
-        return F.layer_norm(y.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight,
-                            norm.bias, norm.eps)
+        y = F.layer_norm(y.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias,
+                         norm.eps)
+        # Under autocast, where layer_norm gives float32 (it does on some torch versions): the
+        # rounding the products make first, here, so that the probe compares both kernels on
+        # what the products are given.
+        return y.to(compute_dtype(x))
     if kernel == NATIVE and native.available():
         x, weight, bias, gamma, beta, rounded = _native_args(x, dwconv, norm)
         out_dtype = torch.bfloat16 if rounded else torch.float32

@@ -199,3 +199,15 @@ def test_plain_head_is_f_conv2d_and_f_layer_norm():
                                      groups=24).permute(0, 2, 3, 1), (24,), norm.weight,
                             norm.bias, 1e-6)
     assert torch.equal(got, want)
+
+
+def test_plain_head_under_autocast_gives_what_the_products_read():
+    # both candidates hand the products bfloat16 (autocast's layer_norm gives float32 on some
+    # torch versions), so the probe times the same work for both
+    conv, norm = _head(24)
+    x = torch.randn(1, 9, 9, 24)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        got = head.run_head(head.PLAIN, x, conv, norm)
+        modules = norm(conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, modules.to(torch.bfloat16))

@@ -1,5 +1,5 @@
-// The depthwise 7x7 conv (zero padding 3, stride 1) of NHWC rows, 8 output columns at a time:
-// the conv of our kernels (dwconv_norm.cpp: the block's head; dwconv_grad.cpp: the conv's
+// The depthwise 7x7 conv (zero padding 3, stride 1) of float32 NHWC rows, 8 output columns at a
+// time: the conv of our kernels (dwconv_norm.cpp: the block's head; dwconv_grad.cpp: the conv's
 // backward). Needs vec.h.
 #pragma once
 
@@ -15,20 +15,39 @@ namespace {  // each includer compiles its own clones (target_clones on template
 constexpr int64_t kSize = 7, kPad = 3;
 constexpr int64_t kTile = 8;    // output columns computed together (one accumulator each)
 
-// acc[j * C + c0 ..] for the kTile output columns w0 .. w0 + kTile - 1 of row h, every window
-// column inside the image: per window row, its kTile + 6 input vectors are loaded (and rounded)
-// once and each weight vector once, into kTile accumulators (the loops unroll into registers).
-template <typename in_t>
-TARGETS void conv_interior(const in_t* x, const float* w, const float* bias, float* acc,
-                           int64_t W, int64_t C, int64_t kh0, int64_t kh1, int64_t h,
-                           int64_t w0, int64_t c0) {
+// The input rows a window of output row h reads: rows[kh] is input row h + kh - 3 (W pixels of C
+// values: float32, or bfloat16 read as float32) for kh0 <= kh < kh1, the window rows inside the
+// image.
+template <typename T = float>
+struct Window {
+  const T* rows[kSize];
+  int64_t kh0, kh1;
+};
+
+// The window of output row h of an image of H rows, each of row_len values, read in place.
+template <typename T = float>
+Window<T> window_of(const T* image, int64_t H, int64_t row_len, int64_t h) {
+  Window<T> win;
+  win.kh0 = std::max<int64_t>(0, kPad - h);
+  win.kh1 = std::min<int64_t>(kSize, H + kPad - h);
+  for (int64_t kh = 0; kh < kSize; ++kh)
+    win.rows[kh] = kh >= win.kh0 && kh < win.kh1 ? image + (h + kh - kPad) * row_len : nullptr;
+  return win;
+}
+
+// acc[j * C + c0 ..] for the kTile output columns w0 .. w0 + kTile - 1, every window column
+// inside the image: per window row, its kTile + 6 input vectors are loaded once and each weight
+// vector once, into kTile accumulators (the loops unroll into registers).
+template <typename T>
+TARGETS void conv_interior(const Window<T>& win, const float* w, const float* bias, float* acc,
+                           int64_t C, int64_t w0, int64_t c0) {
   constexpr int kSpan = kTile + kSize - 1;
   vfloat sum[kTile];
   const vfloat b = load_vec(bias + c0);
 #pragma GCC unroll 8
   for (int j = 0; j < kTile; ++j) sum[j] = b;
-  for (int64_t kh = kh0; kh < kh1; ++kh) {
-    const in_t* px = x + ((h + kh - kPad) * W + w0 - kPad) * C + c0;
+  for (int64_t kh = win.kh0; kh < win.kh1; ++kh) {
+    const T* px = win.rows[kh] + (w0 - kPad) * C + c0;
     const float* pw = w + kh * kSize * C + c0;
     vfloat in[kSpan];
 #pragma GCC unroll 14
@@ -44,16 +63,15 @@ TARGETS void conv_interior(const in_t* x, const float* w, const float* bias, flo
   for (int j = 0; j < kTile; ++j) std::memcpy(acc + j * C + c0, &sum[j], sizeof(vfloat));
 }
 
-// acc[j * C + c0 ..] for one output column w0 + j of row h, window columns outside the image
-// skipped (the zero padding).
-template <typename in_t>
-TARGETS void conv_column(const in_t* x, const float* w, const float* bias, float* acc, int64_t W,
-                         int64_t C, int64_t kh0, int64_t kh1, int64_t h, int64_t wo, int64_t c0) {
+// acc[c0 ..] for one output column wo, window columns outside the image skipped (the zero
+// padding).
+TARGETS void conv_column(const Window<>& win, const float* w, const float* bias, float* acc,
+                         int64_t W, int64_t C, int64_t wo, int64_t c0) {
   vfloat s = load_vec(bias + c0);
   const int64_t kw0 = std::max<int64_t>(0, kPad - wo);
   const int64_t kw1 = std::min<int64_t>(kSize, W + kPad - wo);
-  for (int64_t kh = kh0; kh < kh1; ++kh) {
-    const in_t* row = x + (h + kh - kPad) * W * C;
+  for (int64_t kh = win.kh0; kh < win.kh1; ++kh) {
+    const float* row = win.rows[kh];
     for (int64_t kw = kw0; kw < kw1; ++kw)
       s += load_vec(row + (wo + kw - kPad) * C + c0) * load_vec(w + (kh * kSize + kw) * C + c0);
   }
@@ -61,32 +79,46 @@ TARGETS void conv_column(const in_t* x, const float* w, const float* bias, float
 }
 
 // acc[j * C + c] = bias[c] + the sum over the 7x7 window of x * w, for the `cols` (<= kTile)
-// output columns w0 .. w0 + cols - 1 of row h.
-template <typename in_t>
-void conv_tile(const in_t* x, const float* w, const float* bias, float* acc, int64_t H,
-               int64_t W, int64_t C, int64_t h, int64_t w0, int64_t cols) {
-  const int64_t kh0 = std::max<int64_t>(0, kPad - h);
-  const int64_t kh1 = std::min<int64_t>(kSize, H + kPad - h);
+// output columns w0 .. w0 + cols - 1 of the output row whose window is win.
+inline void conv_tile(const Window<>& win, const float* w, const float* bias, float* acc,
+                      int64_t W, int64_t C, int64_t w0, int64_t cols) {
   const int64_t vec_c = C / kLanes * kLanes;
   const bool interior = cols == kTile && w0 >= kPad && w0 + kTile + kPad <= W;
   for (int64_t c0 = 0; c0 < vec_c; c0 += kLanes) {
     if (interior) {
-      conv_interior<in_t>(x, w, bias, acc, W, C, kh0, kh1, h, w0, c0);
+      conv_interior<float>(win, w, bias, acc, C, w0, c0);
     } else {
-      for (int64_t j = 0; j < cols; ++j)
-        conv_column<in_t>(x, w, bias, acc + j * C, W, C, kh0, kh1, h, w0 + j, c0);
+      for (int64_t j = 0; j < cols; ++j) conv_column(win, w, bias, acc + j * C, W, C, w0 + j, c0);
     }
   }
   for (int64_t c = vec_c; c < C; ++c) {  // channels beyond the last full vector
     for (int64_t j = 0; j < cols; ++j) {
       float s = bias[c];
-      for (int64_t kh = kh0; kh < kh1; ++kh) {
+      for (int64_t kh = win.kh0; kh < win.kh1; ++kh) {
         for (int64_t kw = 0; kw < kSize; ++kw) {
           const int64_t iw = w0 + j + kw - kPad;
-          if (iw >= 0 && iw < W)
-            s += load_one(x + ((h + kh - kPad) * W + iw) * C + c) * w[(kh * kSize + kw) * C + c];
+          if (iw >= 0 && iw < W) s += win.rows[kh][iw * C + c] * w[(kh * kSize + kw) * C + c];
         }
       }
+      acc[j * C + c] = s;
+    }
+  }
+}
+
+// conv_tile for rows with kPad zero columns before the image and at least kTile - 1 + kPad after
+// it (the RowRing of dwconv_norm.cpp): every tile is computed as an interior one, all kTile
+// columns, with no bounds to check.
+template <typename T>
+void conv_padded_tile(const Window<T>& win, const float* w, const float* bias, float* acc,
+                      int64_t C, int64_t w0) {
+  const int64_t vec_c = C / kLanes * kLanes;
+  for (int64_t c0 = 0; c0 < vec_c; c0 += kLanes) conv_interior<T>(win, w, bias, acc, C, w0, c0);
+  for (int64_t c = vec_c; c < C; ++c) {  // channels beyond the last full vector
+    for (int64_t j = 0; j < kTile; ++j) {
+      float s = bias[c];
+      for (int64_t kh = win.kh0; kh < win.kh1; ++kh)
+        for (int64_t kw = 0; kw < kSize; ++kw)
+          s += load_one(win.rows[kh] + (w0 + j + kw - kPad) * C + c) * w[(kh * kSize + kw) * C + c];
       acc[j * C + c] = s;
     }
   }

@@ -15,6 +15,7 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -51,7 +52,58 @@ TARGETS void norm_pixel(float* v, const float* gamma, const float* beta, float e
   for (int64_t c = vec_c; c < C; ++c) store_one(out + c, v[c] * rstd * gamma[c] + beta[c]);
 }
 
-template <typename in_t, typename out_t>
+// dst[i] = src[i] as ring_t (rounded to nearest even where ring_t is bfloat16).
+template <typename in_t, typename ring_t>
+TARGETS void convert_row(const in_t* src, ring_t* dst, int64_t len) {
+  const int64_t vec_len = len / kLanes * kLanes;
+  for (int64_t i = 0; i < vec_len; i += kLanes) store_vec(dst + i, load_vec(src + i));
+  for (int64_t i = vec_len; i < len; ++i) store_one(dst + i, load_one(src + i));
+}
+
+// Input rows as ring_t, each made once per thread into a ring of 7 rows: the windows of
+// consecutive output rows share 6 of their 7 rows. Where the conv computes in bfloat16 the ring
+// holds the input rounded to bfloat16 (ring_t bfloat16: each value rounded once, not at each of
+// the 7 x 14 / 8 loads of it that conv_interior makes, and half the bytes in the caches: the 7
+// rows of stage 2 or 3 of an 800x1216 image fill most of a 1 MiB L2 in float32). Each row of the
+// ring has kPad zero columns before the image and kTile - 1 + kPad after it, so that every tile
+// is an interior one (conv_padded_tile): at 38 or 76 columns the edge tiles would otherwise be a
+// third of the work, at the speed of one column at a time.
+template <typename in_t, typename ring_t>
+class RowRing {
+ public:
+  RowRing(const in_t* x, int64_t W, int64_t C)
+      : x_(x), W_(W), C_(C), padded_len_((W + kTile - 1 + 2 * kPad) * C),
+        rows_(kSize * padded_len_, ring_t(0.f)) {
+    std::fill(key_, key_ + kSize, -1);
+  }
+
+  // The window of output row h of image n (H rows); rows[kh] points at column 0 of the image.
+  Window<ring_t> window(int64_t n, int64_t H, int64_t h) {
+    Window<ring_t> win = window_of<ring_t>(nullptr, H, 0, h);
+    for (int64_t kh = win.kh0; kh < win.kh1; ++kh) win.rows[kh] = row(n * H + h + kh - kPad);
+    return win;
+  }
+
+ private:
+  // Input row `key` (n * H + ih), converted if its slot holds another row (7 consecutive keys
+  // have 7 different slots); its padding columns stay zero.
+  const ring_t* row(int64_t key) {
+    ring_t* dst = rows_.data() + key % kSize * padded_len_ + kPad * C_;
+    if (key_[key % kSize] != key) {
+      convert_row<in_t, ring_t>(x_ + key * W_ * C_, dst, W_ * C_);
+      key_[key % kSize] = key;
+    }
+    return dst;
+  }
+
+  const in_t* x_;
+  int64_t W_, C_, padded_len_;
+  std::vector<ring_t> rows_;
+  int64_t key_[kSize];
+};
+
+// The conv and LayerNorm of x (in_t) through a RowRing of ring_t per thread.
+template <typename in_t, typename ring_t, typename out_t>
 void run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& gamma,
          const at::Tensor& beta, double eps, bool round_conv, at::Tensor& out) {
   const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
@@ -61,16 +113,16 @@ void run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const
   const float* gp = gamma.data_ptr<float>();
   const float* betap = beta.data_ptr<float>();
   out_t* op = out.data_ptr<out_t>();
+  const float e = static_cast<float>(eps);
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    RowRing<in_t, ring_t> ring(xp, W, C);
     std::vector<float> acc(kTile * C);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / H, h = r % H;
-      const in_t* image = xp + n * H * W * C;
+      const Window<ring_t> win = ring.window(r / H, H, r % H);
       for (int64_t w0 = 0; w0 < W; w0 += kTile) {
-        const int64_t cols = std::min(kTile, W - w0);
-        conv_tile<in_t>(image, wp, bp, acc.data(), H, W, C, h, w0, cols);
-        for (int64_t j = 0; j < cols; ++j)
-          norm_pixel<out_t>(acc.data() + j * C, gp, betap, static_cast<float>(eps), C, round_conv,
+        conv_padded_tile<ring_t>(win, wp, bp, acc.data(), C, w0);
+        for (int64_t j = 0; j < std::min(kTile, W - w0); ++j)
+          norm_pixel<out_t>(acc.data() + j * C, gp, betap, e, C, round_conv,
                             op + (r * W + w0 + j) * C);
       }
     }
@@ -101,22 +153,22 @@ at::Tensor dwconv7x7_layer_norm(const at::Tensor& x, const at::Tensor& weight,
   const bool in_f32 = x.scalar_type() == at::kFloat, out_f32 = out_dtype == at::kFloat;
   TORCH_CHECK(in_f32 || x.scalar_type() == at::kBFloat16,
               "dwconv7x7_layer_norm: x must be float32 or bfloat16");
-  if (in_f32 && round_input) {
-    const at::Tensor& xr = x;  // the same memory, read through RoundedFloat
+  using BF16 = c10::BFloat16;
+  if (in_f32 && !round_input) {
     if (out_f32)
-      run<RoundedFloat, float>(xr, weight, bias, gamma, beta, eps, round_conv, out);
+      run<float, float, float>(x, weight, bias, gamma, beta, eps, round_conv, out);
     else
-      run<RoundedFloat, c10::BFloat16>(xr, weight, bias, gamma, beta, eps, round_conv, out);
+      run<float, float, BF16>(x, weight, bias, gamma, beta, eps, round_conv, out);
   } else if (in_f32) {
     if (out_f32)
-      run<float, float>(x, weight, bias, gamma, beta, eps, round_conv, out);
+      run<float, BF16, float>(x, weight, bias, gamma, beta, eps, round_conv, out);
     else
-      run<float, c10::BFloat16>(x, weight, bias, gamma, beta, eps, round_conv, out);
+      run<float, BF16, BF16>(x, weight, bias, gamma, beta, eps, round_conv, out);
   } else {
     if (out_f32)
-      run<c10::BFloat16, float>(x, weight, bias, gamma, beta, eps, round_conv, out);
+      run<BF16, BF16, float>(x, weight, bias, gamma, beta, eps, round_conv, out);
     else
-      run<c10::BFloat16, c10::BFloat16>(x, weight, bias, gamma, beta, eps, round_conv, out);
+      run<BF16, BF16, BF16>(x, weight, bias, gamma, beta, eps, round_conv, out);
   }
   return out;
 }

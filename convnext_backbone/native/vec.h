@@ -55,18 +55,7 @@ inline void store_vec(c10::BFloat16* p, vfloat v) {
   std::memcpy(p, &h, sizeof(h));
 }
 
-// float32 storage read as its bfloat16 rounding (round to nearest even, NaN kept): the input of
-// a conv under autocast without a separate cast pass.
-struct RoundedFloat {
-  float value;
-};
-
-inline vfloat load_vec(const RoundedFloat* p) {
-  return round_vec(load_vec(reinterpret_cast<const float*>(p)));
-}
-
 inline float load_one(const float* p) { return *p; }
-inline float load_one(const RoundedFloat* p) { return static_cast<float>(c10::BFloat16(p->value)); }
 inline float load_one(const c10::BFloat16* p) { return static_cast<float>(*p); }
 
 inline float round_bf16(float v) { return static_cast<float>(c10::BFloat16(v)); }
