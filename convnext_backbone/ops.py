@@ -11,7 +11,9 @@ of a detection image (M = 60,800 rows) it is 93 MB and goes to DRAM and back, so
 at half the machine's GEMM rate. Computed over blocks of rows small enough that the hidden block
 stays in the caches (:func:`block_sizes`: around the size that fills the threads' L2, the best
 one measured), the hidden tensor never leaves the cache; the residual tail (layer scale, add)
-is done on each block while it is in cache too.
+is done on each block while it is in cache too. With our compiled library the blocks can also
+be shared out among the threads, each block computed whole by one thread
+(:func:`thread_blocked_residual_mlp`, ``native/thread_blocks.cpp``).
 
 Each way to compute the MLP is a :class:`~.tuning.Kernel` (plain PyTorch ops, oneDNN, oneDNN
 with the residual add fused, cache-blocked with so many rows); which one runs is decided once
@@ -30,13 +32,14 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn.functional as F
 
-from . import compat, machine, tuning
+from . import compat, machine, native, tuning
 
 __all__ = ['BLOCK_FACTORS', 'ONEDNN', 'ONEDNN_ADD', 'PLAIN', 'block_rows', 'block_sizes',
            'blocked', 'blocked_mlp', 'blocked_residual_mlp', 'compute_dtype', 'dtype_name',
            'inference_kernels', 'inference_shape', 'linear', 'linear_add', 'linear_gelu',
            'mkldnn_linear_available', 'mlp', 'packed', 'residual_mlp', 'row_count',
-           'run_inference', 'run_training', 'training_kernels', 'training_shape',
+           'run_inference', 'run_training', 'thread_blocked', 'thread_blocked_residual_mlp',
+           'thread_block_sizes', 'training_kernels', 'training_shape',
            'weight_packing_available']
 
 
@@ -270,14 +273,82 @@ def blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2
         block = min(rows, x2.shape[0])
         w1, w2 = packed(w1, block), packed(w2, block)
     res = shortcut.reshape(-1, shortcut.shape[-1])
-    out_dtype = torch.promote_types(shortcut.dtype, dtype)
-    if scale is not None:
-        out_dtype = torch.promote_types(out_dtype, scale.dtype)
-    out = torch.empty(res.shape, dtype=out_dtype)
+    out = torch.empty(res.shape, dtype=_out_dtype(x, shortcut, scale))
     with torch.autocast('cpu', enabled=False):
         for i in range(0, x2.shape[0], rows):
             hidden = op(x2[i:i + rows], w1, b1, 'gelu', [], 'none')          # (rows, 4C), cached
             _tail(res[i:i + rows], op(hidden, w2, b2, 'none', [], ''), scale, out=out[i:i + rows])
+    return out.view(shortcut.shape)
+
+
+def _out_dtype(x: torch.Tensor, shortcut: torch.Tensor,
+               scale: Optional[torch.Tensor]) -> torch.dtype:
+    """The dtype autocast makes of ``shortcut + scale * product``: the promoted dtype of the
+    residual, the compute dtype and the scale."""
+    out_dtype = torch.promote_types(shortcut.dtype, compute_dtype(x))
+    if scale is not None:
+        out_dtype = torch.promote_types(out_dtype, scale.dtype)
+    return out_dtype
+
+
+def thread_block_sizes(rows: int, hidden: int, itemsize: int,
+                       threads: Optional[int] = None) -> List[int]:
+    """The rows per block to time for :func:`thread_blocked_residual_mlp`: about
+    :data:`BLOCK_FACTORS` times the rows whose hidden block fills one thread's L2
+    (:func:`block_rows` of one thread), each rounded so that the blocks share out evenly among
+    the threads.
+
+    Args:
+        rows (int): Rows of the input (N*H*W).
+        hidden (int): Width of the hidden layer (4C).
+        itemsize (int): Bytes per element of the compute dtype.
+        threads (int, optional): Defaults to torch's thread count.
+
+    Returns:
+        list[int]: Ascending, possibly empty (one thread: nothing to share out).
+    """
+    threads = threads or torch.get_num_threads()
+    if threads < 2:
+        return []
+    base = block_rows(hidden, itemsize, threads=1)
+    sizes = set()
+    for factor in BLOCK_FACTORS:
+        per_thread = max(1, round(rows / (threads * base * factor)))
+        sizes.add(-(-rows // (threads * per_thread)))
+    return sorted(sizes)
+
+
+def thread_blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+                                w2: torch.Tensor, b2: torch.Tensor, shortcut: torch.Tensor,
+                                scale: Optional[torch.Tensor], rows: int) -> torch.Tensor:
+    """Inference: :func:`blocked_residual_mlp` with its blocks shared out among the threads,
+    each block's products and tail computed by one thread (our compiled
+    ``thread_blocked_mlp``: the hidden block stays in that core's L2, no barrier between the
+    products). The same products and tail on the same rows: the same result.
+
+    Args:
+        x, w1, b1, w2, b2, shortcut, scale, rows: As :func:`blocked_residual_mlp`.
+
+    Returns:
+        torch.Tensor: (..., C).
+
+    Raises:
+        RuntimeError: Our compiled library is not available (its reason).
+    """
+    if rows < 1:
+        raise ValueError(f'rows={rows!r} must be a positive int')
+    if not native.available():
+        raise RuntimeError(native.unavailable_reason())
+    dtype = compute_dtype(x)
+    out_dtype = _out_dtype(x, shortcut, scale)
+    w1, b1, w2, b2 = (t.to(dtype) for t in (w1, b1, w2, b2))
+    x2 = x.to(dtype).reshape(-1, x.shape[-1])
+    with torch.autocast('cpu', enabled=False):
+        block = min(rows, x2.shape[0])
+        w1, w2 = packed(w1, block), packed(w2, block)
+        out = torch.ops.convnext_backbone.thread_blocked_mlp(
+            x2, w1, b1, w2, b2, shortcut.reshape(-1, shortcut.shape[-1]), scale, rows,
+            out_dtype)
     return out.view(shortcut.shape)
 
 
@@ -289,6 +360,11 @@ ONEDNN_ADD = tuning.Kernel('onednn_add')
 def blocked(rows: int) -> tuning.Kernel:
     """The cache-blocked kernel with ``rows`` rows per block."""
     return tuning.Kernel('blocked', rows)
+
+
+def thread_blocked(rows: int) -> tuning.Kernel:
+    """The kernel of :func:`thread_blocked_residual_mlp` with ``rows`` rows per block."""
+    return tuning.Kernel('thread_blocked', rows)
 
 
 def row_count(x: torch.Tensor) -> int:
@@ -327,7 +403,8 @@ def inference_kernels(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
     """The kernels that may compute a call of :func:`residual_mlp`, plain first: ``plain``,
     ``onednn``; ``onednn_add`` with the residual in the compute dtype and no layer scale or all
     of float32; ``blocked`` without ``mid``, for each of :func:`block_sizes`, and with one block
-    of all rows where weights are packed (:func:`weight_packing_available`)."""
+    of all rows where weights are packed (:func:`weight_packing_available`); without ``mid``
+    and with our compiled library, ``thread_blocked`` for each of :func:`thread_block_sizes`."""
     kernels = [PLAIN, ONEDNN]
     if _add_inside(x, shortcut, scale):
         kernels.append(ONEDNN_ADD)
@@ -337,6 +414,9 @@ def inference_kernels(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
                                                           compute_dtype(x).itemsize)]
         if weight_packing_available(compute_dtype(x)):
             kernels.append(blocked(rows))  # one block: oneDNN's products on packed weights
+        if native.available():
+            kernels += [thread_blocked(size) for size in thread_block_sizes(
+                rows, w1.shape[0], compute_dtype(x).itemsize)]
     return kernels
 
 
@@ -364,6 +444,8 @@ def run_inference(kernel: tuning.Kernel, x: torch.Tensor, w1: torch.Tensor, b1: 
         return linear_add(hidden(linear_gelu(x, w1, b1)), w2, b2, shortcut)
     if kernel.name == 'blocked' and mid is None:
         return blocked_residual_mlp(x, w1, b1, w2, b2, shortcut, scale, kernel.rows)
+    if kernel.name == 'thread_blocked' and mid is None and native.available():
+        return thread_blocked_residual_mlp(x, w1, b1, w2, b2, shortcut, scale, kernel.rows)
     raise ValueError(f'kernel {kernel} cannot compute this block tail (layer scale: '
                      f'{scale is not None}, GRN: {mid is not None})')
 

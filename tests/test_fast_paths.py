@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from kernel_helpers import pin_op
 from reference import RefConvNeXt, randomise_
 
-from convnext_backbone import ConvNeXt, ops, tuning
+from convnext_backbone import ConvNeXt, native, ops, tuning
 
 pytestmark = [pytest.mark.core, pytest.mark.usefixtures('fresh_decisions')]
 
@@ -33,7 +33,7 @@ def ran(monkeypatch):
 
     def spy(name, real):
         def call(*args, **kwargs):
-            if name.startswith('blocked'):
+            if 'blocked' in name:
                 x, rows = args[0], kwargs.get('rows', args[-1])
                 calls.append((name, rows, x.numel() // x.shape[-1]))
             else:
@@ -41,7 +41,8 @@ def ran(monkeypatch):
             return real(*args, **kwargs)
         return call
 
-    for name in ('linear', 'linear_gelu', 'linear_add', 'blocked_residual_mlp', 'blocked_mlp'):
+    for name in ('linear', 'linear_gelu', 'linear_add', 'blocked_residual_mlp', 'blocked_mlp',
+                 'thread_blocked_residual_mlp'):
         monkeypatch.setattr(ops, name, spy(name, getattr(ops, name)))
     backward = ops._MLP.backward
 
@@ -78,18 +79,23 @@ def _loss(outs):
 
 #: What each inference kernel calls per block (the plain one: no oneDNN at all).
 INFERENCE_CALLS = {'plain': set(), 'onednn': {'linear_gelu', 'linear'},
-                   'onednn_add': {'linear_gelu', 'linear_add'}, 'blocked': {'blocked_residual_mlp'}}
+                   'onednn_add': {'linear_gelu', 'linear_add'}, 'blocked': {'blocked_residual_mlp'},
+                   'thread_blocked': {'thread_blocked_residual_mlp'}}
 
 
 @pytest.mark.parametrize('arch,kernel', [
     (V1, ops.PLAIN), (V1, ops.ONEDNN), (V1, ops.ONEDNN_ADD), (V1, ops.blocked(16)),
+    (V1, ops.thread_blocked(16)),
     (V2, ops.PLAIN), (V2, ops.ONEDNN), (V2, ops.ONEDNN_ADD),  # V2: no layer scale, GRN: no blocks
-], ids=['v1-plain', 'v1-onednn', 'v1-onednn_add', 'v1-blocked', 'v2-plain', 'v2-onednn',
-        'v2-onednn_add'])
+], ids=['v1-plain', 'v1-onednn', 'v1-onednn_add', 'v1-blocked', 'v1-thread_blocked', 'v2-plain',
+        'v2-onednn', 'v2-onednn_add'])
 def test_inference_by_each_kernel_matches_reference(arch, kernel, ran, tmp_path, monkeypatch):
     if kernel != ops.PLAIN and not ops.mkldnn_linear_available(torch.float32):
         pytest.skip('no oneDNN here: only the plain ops exist')
+    if kernel.name == 'thread_blocked' and not native.available():
+        pytest.skip(f'our kernels are not built here: {native.unavailable_reason()}')
     monkeypatch.setattr(ops, 'block_sizes', lambda *args: [16])  # a candidate in every stage
+    monkeypatch.setattr(ops, 'thread_block_sizes', lambda *args: [16])
     model, ref = _pair(arch)
     model.eval()
     x = torch.randn(2, 3, 64, 96)
@@ -104,7 +110,7 @@ def test_inference_by_each_kernel_matches_reference(arch, kernel, ran, tmp_path,
             if s.op not in ('head', 'output')} == {('inference', kernel, 'pinned')}
     assert _names(ran) == INFERENCE_CALLS[kernel.name]
     assert len(ran) == BLOCKS * len(INFERENCE_CALLS[kernel.name])  # in every block
-    assert all(rows == kernel.rows for name, rows, _ in ran if name.startswith('blocked'))
+    assert all(rows == kernel.rows for name, rows, _ in ran if 'blocked' in name)
     assert _rel(outs, expected) < 1e-5
 
 

@@ -1,6 +1,7 @@
 """Our compiled kernels, built as one library: the block's dwconv 7x7 -> LayerNorm in one pass
 (``dwconv_norm.cpp``), a stage output's LayerNorm written as NCHW in one pass
-(``layer_norm_nchw.cpp``) and the depthwise conv's backward for training (``dwconv_grad.cpp``),
+(``layer_norm_nchw.cpp``), the depthwise conv's backward for training (``dwconv_grad.cpp``)
+and the block's MLP in blocks of rows that each thread computes whole (``thread_blocks.cpp``),
 with the conv they share (``dwconv.h``) and their vector helpers (``vec.h``).
 
 It is built once per torch and Python version and source, with torch's C++ extension builder
@@ -12,8 +13,9 @@ is logged and the block runs its modules (``fast_path.head_reason`` names the re
 ``CONVNEXT_NATIVE=0`` turns it off.
 
 The library registers ``torch.ops.convnext_backbone.dwconv7x7_layer_norm``,
-``layer_norm_nchw``, ``dwconv7x7`` and ``dwconv7x7_weight_grad``; they run their rows on
-torch's own intra-op threads (OpenMP symbols resolved from the libgomp torch loaded).
+``layer_norm_nchw``, ``dwconv7x7``, ``dwconv7x7_weight_grad`` and ``thread_blocked_mlp``; they
+run their rows on torch's own intra-op threads (OpenMP symbols resolved from the libgomp torch
+loaded).
 """
 import functools
 import hashlib
@@ -39,7 +41,8 @@ PLAIN, NATIVE = tuning.Kernel('plain'), tuning.Kernel('native')
 ENV = 'CONVNEXT_NATIVE'
 _HERE = osp.dirname(osp.abspath(__file__))
 SOURCES = tuple(osp.join(_HERE, name)
-                for name in ('dwconv_norm.cpp', 'layer_norm_nchw.cpp', 'dwconv_grad.cpp'))
+                for name in ('dwconv_norm.cpp', 'layer_norm_nchw.cpp', 'dwconv_grad.cpp',
+                              'thread_blocks.cpp'))
 HEADERS = tuple(osp.join(_HERE, name) for name in ('vec.h', 'dwconv.h'))
 _NAME = 'convnext_backbone_native'
 _FLAGS = ['-O3', '-fopenmp']  # no -fopenmp at link time: torch's libgomp provides the runtime
@@ -108,7 +111,7 @@ def unavailable_reason() -> str:
                   'install)', logger='current')
     try:
         library = build()
-        if not hasattr(torch.ops.convnext_backbone, 'dwconv7x7_weight_grad'):
+        if not hasattr(torch.ops.convnext_backbone, 'thread_blocked_mlp'):
             torch.ops.load_library(library)
     except Exception as err:  # noqa: BLE001 - any failure means the modules run
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
