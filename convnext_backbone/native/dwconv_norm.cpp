@@ -28,28 +28,61 @@ namespace {
 
 using namespace convnext_native;  // NOLINT: the vector helpers of vec.h
 
-// LayerNorm of one pixel's C values (two passes over the L1-resident buffer), written to out.
+// LayerNorm of the kTile pixels of a tile, acc[j * C ..] (conv_padded_tile computes all kTile,
+// past the image's last column too), written to out[j * C ..] for the first `cols`. Each pass
+// over the channels runs for all the pixels together, so that their sums are independent chains
+// in registers and not one pixel's latency after another's; per pixel the arithmetic is that of
+// a LayerNorm in two passes (the mean, then the sum of squared differences), each a sum of
+// 16-lane partial sums, then of their lanes, then of the channels beyond the last full vector.
 template <typename out_t>
-TARGETS void norm_pixel(float* v, const float* gamma, const float* beta, float eps, int64_t C,
-                        bool round_conv, out_t* out) {
+TARGETS void norm_tile(float* acc, int64_t cols, const float* gamma, const float* beta, float eps,
+                       int64_t C, bool round_conv, out_t* out) {
   const int64_t vec_c = C / kLanes * kLanes;
   if (round_conv) {
-    for (int64_t c = 0; c < vec_c; c += kLanes) store_vec(v + c, round_vec(load_vec(v + c)));
-    for (int64_t c = vec_c; c < C; ++c) v[c] = round_bf16(v[c]);
+    for (int64_t j = 0; j < kTile; ++j) {
+      float* v = acc + j * C;
+      for (int64_t c = 0; c < vec_c; c += kLanes) store_vec(v + c, round_vec(load_vec(v + c)));
+      for (int64_t c = vec_c; c < C; ++c) v[c] = round_bf16(v[c]);
+    }
   }
-  const float mean = sum_of(v, C) / static_cast<float>(C);
-  for (int64_t c = 0; c < C; ++c) v[c] -= mean;
-  vfloat part = {};
+  vfloat part[kTile];
+  float mean[kTile], rstd[kTile];
+#pragma GCC unroll 8
+  for (int j = 0; j < kTile; ++j) part[j] = vfloat{};
   for (int64_t c = 0; c < vec_c; c += kLanes) {
-    const vfloat d = load_vec(v + c);
-    part += d * d;
+#pragma GCC unroll 8
+    for (int j = 0; j < kTile; ++j) part[j] += load_vec(acc + j * C + c);
   }
-  float var = lane_sum(part);
-  for (int64_t c = vec_c; c < C; ++c) var += v[c] * v[c];
-  const float rstd = 1.f / std::sqrt(var / static_cast<float>(C) + eps);
-  for (int64_t c = 0; c < vec_c; c += kLanes)
-    store_vec(out + c, load_vec(v + c) * rstd * load_vec(gamma + c) + load_vec(beta + c));
-  for (int64_t c = vec_c; c < C; ++c) store_one(out + c, v[c] * rstd * gamma[c] + beta[c]);
+  for (int j = 0; j < kTile; ++j) {
+    float sum = lane_sum(part[j]);
+    for (int64_t c = vec_c; c < C; ++c) sum += acc[j * C + c];
+    mean[j] = sum / static_cast<float>(C);
+    part[j] = vfloat{};
+  }
+  for (int64_t c = 0; c < vec_c; c += kLanes) {
+#pragma GCC unroll 8
+    for (int j = 0; j < kTile; ++j) {
+      const vfloat d = load_vec(acc + j * C + c) - mean[j];
+      store_vec(acc + j * C + c, d);
+      part[j] += d * d;
+    }
+  }
+  for (int j = 0; j < kTile; ++j) {
+    float var = lane_sum(part[j]);
+    for (int64_t c = vec_c; c < C; ++c) {
+      acc[j * C + c] -= mean[j];
+      var += acc[j * C + c] * acc[j * C + c];
+    }
+    rstd[j] = 1.f / std::sqrt(var / static_cast<float>(C) + eps);
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    const float* v = acc + j * C;
+    for (int64_t c = 0; c < vec_c; c += kLanes)
+      store_vec(out + j * C + c, load_vec(v + c) * rstd[j] * load_vec(gamma + c) +
+                                     load_vec(beta + c));
+    for (int64_t c = vec_c; c < C; ++c)
+      store_one(out + j * C + c, v[c] * rstd[j] * gamma[c] + beta[c]);
+  }
 }
 
 // dst[i] = src[i] as ring_t (rounded to nearest even where ring_t is bfloat16).
@@ -121,9 +154,8 @@ void run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const
       const Window<ring_t> win = ring.window(r / H, H, r % H);
       for (int64_t w0 = 0; w0 < W; w0 += kTile) {
         conv_padded_tile<ring_t>(win, wp, bp, acc.data(), C, w0);
-        for (int64_t j = 0; j < std::min(kTile, W - w0); ++j)
-          norm_pixel<out_t>(acc.data() + j * C, gp, betap, e, C, round_conv,
-                            op + (r * W + w0 + j) * C);
+        norm_tile<out_t>(acc.data(), std::min(kTile, W - w0), gp, betap, e, C, round_conv,
+                         op + (r * W + w0) * C);
       }
     }
   });

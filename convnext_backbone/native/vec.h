@@ -75,15 +75,4 @@ inline float lane_sum(vfloat v) {
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
-// The sum of v[0..C), in vector partial sums (C / kLanes full vectors, then the rest).
-inline float sum_of(const float* v, int64_t C) {
-  const int64_t vec_c = C / kLanes * kLanes;
-  vfloat part = {};
-  for (int64_t c = 0; c < vec_c; c += kLanes) part += load_vec(v + c);
-  float s = lane_sum(part);
-  for (int64_t c = vec_c; c < C; ++c) s += v[c];
-  return s;
-}
-
-
 }  // namespace convnext_native
