@@ -343,10 +343,12 @@ def thread_blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Ten
     out_dtype = _out_dtype(x, shortcut, scale)
     w1, b1, w2, b2 = (t.to(dtype) for t in (w1, b1, w2, b2))
     x2 = x.to(dtype).reshape(-1, x.shape[-1])
-    with torch.autocast('cpu', enabled=False):  # the weights packed as by packed(), in C++
+    with torch.autocast('cpu', enabled=False):
+        block = min(rows, x2.shape[0])
+        w1, w2 = packed(w1, block), packed(w2, block)
         out = torch.ops.convnext_backbone.thread_blocked_mlp(
             x2, w1, b1, w2, b2, shortcut.reshape(-1, shortcut.shape[-1]), scale, rows,
-            out_dtype, weight_packing_available(dtype))
+            out_dtype)
     return out.view(shortcut.shape)
 
 

@@ -34,40 +34,16 @@ at::Tensor linear_pointwise(const at::Tensor& x, const at::Tensor& weight, const
   return stack[0].toTensor();
 }
 
-// mkldnn::_reorder_linear_weight(weight, rows): the weight in oneDNN's layout for products of
-// `rows` rows (ops.packed), called boxed like linear_pointwise.
-at::Tensor reorder_linear_weight(const at::Tensor& weight, int64_t rows) {
-  static const c10::OperatorHandle op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
-  torch::jit::Stack stack{weight, rows};
-  op.callBoxed(&stack);
-  return stack[0].toTensor();
-}
-
-// x: (R, C) and the weights in the compute dtype; shortcut: (R, C); scale: (C,) or undefined.
-// pack: reorder the two weights first (ops.weight_packing_available), one on each of two
-// threads (most of a reorder's time is oneDNN setting it up, which does not split among
-// threads). Returns (R, C) of out_dtype.
-at::Tensor thread_blocked_mlp(const at::Tensor& x, const at::Tensor& w1_in, const at::Tensor& b1,
-                              const at::Tensor& w2_in, const at::Tensor& b2,
+// x: (R, C) and the weights in the compute dtype (weights possibly packed, see ops.packed);
+// shortcut: (R, C); scale: (C,) or undefined. Returns (R, C) of out_dtype.
+at::Tensor thread_blocked_mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                              const at::Tensor& w2, const at::Tensor& b2,
                               const at::Tensor& shortcut, const c10::optional<at::Tensor>& scale,
-                              int64_t rows, at::ScalarType out_dtype, bool pack) {
+                              int64_t rows, at::ScalarType out_dtype) {
   TORCH_CHECK(x.dim() == 2 && shortcut.dim() == 2 && x.size(0) == shortcut.size(0),
               "thread_blocked_mlp: x and shortcut must be (rows, C)");
   TORCH_CHECK(rows >= 1, "thread_blocked_mlp: rows must be >= 1");
   const int64_t R = x.size(0);
-  at::Tensor w1 = w1_in, w2 = w2_in;
-  if (pack) {
-    at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
-      c10::InferenceMode inference;
-      for (int64_t i = begin; i < end; ++i) {
-        if (i == 0)
-          w1 = reorder_linear_weight(w1_in, std::min(rows, R));
-        else
-          w2 = reorder_linear_weight(w2_in, std::min(rows, R));
-      }
-    });
-  }
   at::Tensor out = at::empty(shortcut.sizes(), shortcut.options().dtype(out_dtype));
   const int64_t blocks = (R + rows - 1) / rows;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -90,7 +66,7 @@ at::Tensor thread_blocked_mlp(const at::Tensor& x, const at::Tensor& w1_in, cons
 
 TORCH_LIBRARY_FRAGMENT(convnext_backbone, m) {
   m.def("thread_blocked_mlp(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
-        "Tensor shortcut, Tensor? scale, int rows, ScalarType out_dtype, bool pack) -> Tensor");
+        "Tensor shortcut, Tensor? scale, int rows, ScalarType out_dtype) -> Tensor");
 }
 
 // Composite: the packed weights are oneDNN tensors (another dispatch key than CPU).
