@@ -27,7 +27,7 @@ not tracing, and whether gradients are needed) is decided once per block call, i
 ``convnext_backbone.fast_path``.
 """
 import functools
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -263,22 +263,35 @@ def blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2
     Returns:
         torch.Tensor: (..., C).
     """
-    if rows < 1:
-        raise ValueError(f'rows={rows!r} must be a positive int')
     op = torch.ops.mkldnn._linear_pointwise
-    dtype = compute_dtype(x)
-    w1, b1, w2, b2 = (t.to(dtype) for t in (w1, b1, w2, b2))
-    x2 = x.to(dtype).reshape(-1, x.shape[-1])
-    with torch.autocast('cpu', enabled=False):  # reordered once for all the blocks of this call
-        block = min(rows, x2.shape[0])
-        w1, w2 = packed(w1, block), packed(w2, block)
-    res = shortcut.reshape(-1, shortcut.shape[-1])
+    x2, w1, b1, w2, b2, res = _block_inputs(x, w1, b1, w2, b2, shortcut, rows)
     out = torch.empty(res.shape, dtype=_out_dtype(x, shortcut, scale))
     with torch.autocast('cpu', enabled=False):
         for i in range(0, x2.shape[0], rows):
             hidden = op(x2[i:i + rows], w1, b1, 'gelu', [], 'none')          # (rows, 4C), cached
             _tail(res[i:i + rows], op(hidden, w2, b2, 'none', [], ''), scale, out=out[i:i + rows])
     return out.view(shortcut.shape)
+
+
+def _block_inputs(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                  b2: torch.Tensor, shortcut: torch.Tensor,
+                  rows: int) -> Tuple[torch.Tensor, ...]:
+    """What the blocked MLPs compute on: ``x`` and the parameters in the compute dtype, the
+    weights packed once for all the blocks of ``rows`` rows of this call (:func:`packed`), ``x``
+    and ``shortcut`` as (rows, C).
+
+    Raises:
+        ValueError: ``rows`` is below 1.
+    """
+    if rows < 1:
+        raise ValueError(f'rows={rows!r} must be a positive int')
+    dtype = compute_dtype(x)
+    w1, b1, w2, b2 = (t.to(dtype) for t in (w1, b1, w2, b2))
+    x2 = x.to(dtype).reshape(-1, x.shape[-1])
+    with torch.autocast('cpu', enabled=False):
+        block = min(rows, x2.shape[0])
+        w1, w2 = packed(w1, block), packed(w2, block)
+    return x2, w1, b1, w2, b2, shortcut.reshape(-1, shortcut.shape[-1])
 
 
 def _out_dtype(x: torch.Tensor, shortcut: torch.Tensor,
@@ -333,22 +346,15 @@ def thread_blocked_residual_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Ten
         torch.Tensor: (..., C).
 
     Raises:
+        ValueError: ``rows`` is below 1.
         RuntimeError: Our compiled library is not available (its reason).
     """
-    if rows < 1:
-        raise ValueError(f'rows={rows!r} must be a positive int')
+    x2, w1, b1, w2, b2, res = _block_inputs(x, w1, b1, w2, b2, shortcut, rows)
     if not native.available():
         raise RuntimeError(native.unavailable_reason())
-    dtype = compute_dtype(x)
-    out_dtype = _out_dtype(x, shortcut, scale)
-    w1, b1, w2, b2 = (t.to(dtype) for t in (w1, b1, w2, b2))
-    x2 = x.to(dtype).reshape(-1, x.shape[-1])
     with torch.autocast('cpu', enabled=False):
-        block = min(rows, x2.shape[0])
-        w1, w2 = packed(w1, block), packed(w2, block)
         out = torch.ops.convnext_backbone.thread_blocked_mlp(
-            x2, w1, b1, w2, b2, shortcut.reshape(-1, shortcut.shape[-1]), scale, rows,
-            out_dtype)
+            x2, w1, b1, w2, b2, res, scale, rows, _out_dtype(x, shortcut, scale))
     return out.view(shortcut.shape)
 
 

@@ -107,8 +107,8 @@ def unavailable_reason() -> str:
         return f'{ENV}=0'
     if not osp.isfile(library_path()):
         print_log('convnext_backbone: building our kernels (dwconv+LayerNorm, output norm, '
-                  f'dwconv backward) once into {cache_dir()} (tools/install.sh builds them at '
-                  'install)', logger='current')
+                  f'dwconv backward, thread-blocked MLP) once into {cache_dir()} '
+                  '(tools/install.sh builds them at install)', logger='current')
     try:
         library = build()
         if not hasattr(torch.ops.convnext_backbone, 'thread_blocked_mlp'):
