@@ -317,6 +317,20 @@ def test_blocked_mlps_refuse_a_non_positive_block(rows):
         ops.blocked_residual_mlp(x, *params, x, None, rows=rows)
 
 
+@pytest.mark.skipif(not ops.weight_packing_available(), reason='oneDNN packs no weights here')
+@pytest.mark.parametrize('rows', [40, 16], ids=['one-block', 'blocked'])
+def test_the_training_mlp_packs_weights_only_where_blocks_share_them(rows):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 16, generator=gen, requires_grad=True)
+    params = [p.requires_grad_() for p in _mlp_params(16, gen)]
+    with torch.autograd.profiler.profile() as prof:
+        ops.blocked_mlp(x, *params, rows=rows).sum().backward()
+    names = [e.name for e in prof.function_events]
+    reorders = names.count('mkldnn::_reorder_linear_weight')
+    assert reorders == 0 if rows == 40 else reorders >= 4  # blocked: w1, w2, then both^T
+    assert names.count('_MLPBackward') == 1
+
+
 # -- saving decisions: a re-probe is written ----------------------------------------------------
 def test_a_re_probe_is_saved_and_a_pinned_rerun_repeats_the_new_kernel(tmp_path):
     """A decision replaced by a drift re-probe leaves the number of decisions as it was; the
