@@ -505,6 +505,36 @@ def _onednn_addmm(acc: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor)
     return torch.ops.mkldnn._linear_pointwise.binary(a, acc, b.t(), None, 'add')
 
 
+def _gelu_backward_(grad: torch.Tensor, h: torch.Tensor, gelu: Optional[torch.Tensor]
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``grad * gelu'(h)`` written over ``grad``, its column sums (``fc1``'s bias gradient) and
+    ``gelu(h)`` (``gelu`` where given, else computed): by our kernel in one pass where it is
+    loaded (``native/gelu.cpp``), else by ATen's ``gelu_backward``, ``sum`` and ``gelu``.
+
+    Note:
+        Our kernel's GELU and its derivative agree with ATen's to float rounding, not bit for
+        bit (both approximate erf as ATen's vectorized ``erf``; ours takes ``exp(-h^2/2)`` once
+        for both). Measured on the 2-core Zen 4, (2688, 384) with the GELU: 1.07 -> 0.57 ms;
+        (2048, 1536) without: 2.32 -> 1.74 ms.
+
+    Args:
+        grad (torch.Tensor): (rows, 4C) float32, contiguous, overwritten.
+        h (torch.Tensor): (rows, 4C), the pre-GELU activations.
+        gelu (Optional[torch.Tensor]): ``gelu(h)`` where the forward kept it, else None.
+
+    Returns:
+        Tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ``grad`` itself, the (4C,) sums and
+        ``gelu(h)``.
+    """
+    if native.available():
+        out = torch.empty_like(h) if gelu is None else None
+        sums = torch.ops.convnext_backbone.gelu_backward_sum_(grad, h, out)
+        return grad, sums, gelu if out is None else out
+    act = F.gelu(h) if gelu is None else gelu
+    grad = torch.ops.aten.gelu_backward.grad_input(grad, h, grad_input=grad)
+    return grad, grad.sum(0), act
+
+
 def _block_weights(first: torch.Tensor, second: Optional[torch.Tensor], block: int,
                    rows: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The two weights of :class:`_MLP`'s products (forward: ``w1, w2``; backward: their
@@ -573,14 +603,14 @@ class _MLP(torch.autograd.Function):
         for i, h, a in zip(range(0, x.shape[0], ctx.rows), hidden, gelus):
             g = grad[i:i + ctx.rows]
             grad_a = op(g, w2t, None, 'none', [], '')                         # (rows, 4C)
-            grad_w2 = _onednn_addmm(grad_w2, g.t(), F.gelu(h) if a is None else a)
-            # d gelu(h) / dh, in place: grad_a is ours alone.
-            grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=grad_a)
+            # d gelu(h) / dh, in place (grad_a is ours alone), and the GELU where not kept
+            grad_h, sums, gelu = _gelu_backward_(grad_a, h, a)
+            grad_w2 = _onednn_addmm(grad_w2, g.t(), gelu)
             if ctx.needs_input_grad[0]:
                 grad_xs.append(op(grad_h, w1t, None, 'none', [], ''))
             grad_w1 = (torch.mm(grad_h.t(), x[i:i + ctx.rows]) if grad_w1 is None else
                        grad_w1.addmm_(grad_h.t(), x[i:i + ctx.rows]))
-            grad_b1 = grad_h.sum(0) if grad_b1 is None else grad_b1.add_(grad_h.sum(0))
+            grad_b1 = sums if grad_b1 is None else grad_b1.add_(sums)
         grad_x = (grad_xs[0] if len(grad_xs) == 1 else torch.cat(grad_xs)) if grad_xs else None
         return grad_x, grad_w1, grad_b1, grad_w2, grad.sum(0), None
 
