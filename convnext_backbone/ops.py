@@ -505,6 +505,20 @@ def _onednn_addmm(acc: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor)
     return torch.ops.mkldnn._linear_pointwise.binary(a, acc, b.t(), None, 'add')
 
 
+def _transposed(t: torch.Tensor) -> torch.Tensor:
+    """``t.t()`` as a contiguous tensor, the same values: by our tiled kernel where it is loaded
+    (``native/transpose.cpp``; 2-D contiguous float32), else by ATen's copy.
+
+    Note:
+        ATen copies a transposed 2-D view on one thread (``aten/src/ATen/native/Copy.cpp``,
+        ``copy_same_type_transpose_``): 0.45 ms for a (2048, 384) gradient on the 2-core Zen 4,
+        0.07 ms by ours.
+    """
+    if native.available() and t.dim() == 2 and t.dtype == torch.float32 and t.is_contiguous():
+        return torch.ops.convnext_backbone.transposed(t)
+    return t.t().contiguous()
+
+
 def _gelu_backward_(grad: torch.Tensor, h: torch.Tensor, gelu: Optional[torch.Tensor]
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``grad * gelu'(h)`` written over ``grad``, its column sums (``fc1``'s bias gradient) and
@@ -568,10 +582,10 @@ class _MLP(torch.autograd.Function):
     reordered by every block; one block takes them as they are (:func:`_block_weights`).
 
     Note:
-        ``fc1``'s weight gradient ``grad_h^T x`` is ``torch.mm`` on the transposed view: given
-        ``grad_h.t()`` oneDNN's op first copies it into a contiguous (4C, rows) tensor, which
-        took 49 ms per call at stage 2 of a 2x3x512x512 training step on the 2-core Zen 4
-        (2048x1536), more than the product.
+        The weight gradients ``grad^T gelu`` and ``grad_h^T x`` hand oneDNN the transposed
+        gradient as a contiguous input made by :func:`_transposed`: oneDNN's op copies a
+        transposed view with ATen's one-threaded copy, which took 49 ms per call at stage 2 of
+        a 2x3x512x512 training step on the 2-core Zen 4 (2048x1536), more than the product.
     """
 
     @staticmethod
@@ -605,11 +619,10 @@ class _MLP(torch.autograd.Function):
             grad_a = op(g, w2t, None, 'none', [], '')                         # (rows, 4C)
             # d gelu(h) / dh, in place (grad_a is ours alone), and the GELU where not kept
             grad_h, sums, gelu = _gelu_backward_(grad_a, h, a)
-            grad_w2 = _onednn_addmm(grad_w2, g.t(), gelu)
+            grad_w2 = _onednn_addmm(grad_w2, _transposed(g), gelu)
             if ctx.needs_input_grad[0]:
                 grad_xs.append(op(grad_h, w1t, None, 'none', [], ''))
-            grad_w1 = (torch.mm(grad_h.t(), x[i:i + ctx.rows]) if grad_w1 is None else
-                       grad_w1.addmm_(grad_h.t(), x[i:i + ctx.rows]))
+            grad_w1 = _onednn_addmm(grad_w1, _transposed(grad_h), x[i:i + ctx.rows])
             grad_b1 = sums if grad_b1 is None else grad_b1.add_(sums)
         grad_x = (grad_xs[0] if len(grad_xs) == 1 else torch.cat(grad_xs)) if grad_xs else None
         return grad_x, grad_w1, grad_b1, grad_w2, grad.sum(0), None

@@ -1,9 +1,10 @@
 """Our compiled kernels, built as one library: the block's dwconv 7x7 -> LayerNorm in one pass
 (``dwconv_norm.cpp``), a stage output's LayerNorm written as NCHW in one pass
 (``layer_norm_nchw.cpp``), the depthwise conv's backward for training (``dwconv_grad.cpp``),
-the block's MLP in blocks of rows that each thread computes whole (``thread_blocks.cpp``) and
-the training MLP's GELU backward with fc1's bias gradient in one pass (``gelu.cpp``), with the
-conv they share (``dwconv.h``) and their vector helpers (``vec.h``).
+the block's MLP in blocks of rows that each thread computes whole (``thread_blocks.cpp``), the
+training MLP's GELU backward with fc1's bias gradient in one pass (``gelu.cpp``) and the
+transposed copies of its weight gradients (``transpose.cpp``), with the conv they share
+(``dwconv.h``) and their vector helpers (``vec.h``).
 
 It is built once per torch and Python version and source, with torch's C++ extension builder
 (``torch.utils.cpp_extension.load``: a C++ compiler and ninja), into a cache folder keyed by all
@@ -14,8 +15,8 @@ is logged and the block runs its modules (``fast_path.head_reason`` names the re
 ``CONVNEXT_NATIVE=0`` turns it off.
 
 The library registers ``torch.ops.convnext_backbone.dwconv7x7_layer_norm``,
-``layer_norm_nchw``, ``dwconv7x7``, ``dwconv7x7_weight_grad``, ``thread_blocked_mlp`` and
-``gelu_backward_sum_``; they
+``layer_norm_nchw``, ``dwconv7x7``, ``dwconv7x7_weight_grad``, ``thread_blocked_mlp``,
+``gelu_backward_sum_`` and ``transposed``; they
 run their rows on torch's own intra-op threads (OpenMP symbols resolved from the libgomp torch
 loaded).
 """
@@ -44,7 +45,7 @@ ENV = 'CONVNEXT_NATIVE'
 _HERE = osp.dirname(osp.abspath(__file__))
 SOURCES = tuple(osp.join(_HERE, name)
                 for name in ('dwconv_norm.cpp', 'layer_norm_nchw.cpp', 'dwconv_grad.cpp',
-                              'thread_blocks.cpp', 'gelu.cpp'))
+                              'thread_blocks.cpp', 'gelu.cpp', 'transpose.cpp'))
 HEADERS = tuple(osp.join(_HERE, name) for name in ('vec.h', 'dwconv.h'))
 _NAME = 'convnext_backbone_native'
 _FLAGS = ['-O3', '-fopenmp']  # no -fopenmp at link time: torch's libgomp provides the runtime
@@ -109,11 +110,11 @@ def unavailable_reason() -> str:
         return f'{ENV}=0'
     if not osp.isfile(library_path()):
         print_log('convnext_backbone: building our kernels (dwconv+LayerNorm, output norm, '
-                  f'dwconv backward, thread-blocked MLP, GELU backward) once into {cache_dir()} '
-                  '(tools/install.sh builds them at install)', logger='current')
+                  'dwconv backward, thread-blocked MLP, GELU backward, transpose) once into '
+                  f'{cache_dir()} (tools/install.sh builds them at install)', logger='current')
     try:
         library = build()
-        if not hasattr(torch.ops.convnext_backbone, 'gelu_backward_sum_'):
+        if not hasattr(torch.ops.convnext_backbone, 'transposed'):
             torch.ops.load_library(library)
     except Exception as err:  # noqa: BLE001 - any failure means the modules run
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
