@@ -1,7 +1,8 @@
 """What the tests of our compiled kernels share (test_native_head.py, test_native_output.py,
-test_native_dwconv_grad.py; test_fast_paths.py pins its kernels with pin_op too): a block of
-random weights, our backbone beside the reference with the same weights, a decisions file
-pinning one op's kernel, and a record of the kernels run."""
+test_native_dwconv_grad.py, test_native_gelu.py, test_native_transpose.py; test_fast_paths.py
+pins its kernels with pin_op too): a block of random weights, our backbone beside the reference
+with the same weights, a decisions file pinning one op's kernel, a record of the kernels run,
+and the ops a training MLP's forward and backward called."""
 import dataclasses
 import json
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from reference import RefConvNeXt
 
-from convnext_backbone import ConvNeXt, native, tuning
+from convnext_backbone import ConvNeXt, native, ops, tuning
 from convnext_backbone.convnext import Block
 
 needs_native = pytest.mark.skipif(
@@ -66,3 +67,16 @@ def record_kernels(monkeypatch, module, name):
     monkeypatch.setattr(module, name, lambda kernel, *args: ran.append(kernel) or real(kernel,
                                                                                        *args))
     return ran
+
+
+def training_mlp_ops(rows, total=950, width=16):
+    """The names of the ops (``torch.autograd.profiler``) that the forward and backward of
+    ``ops.blocked_mlp`` on ``total`` random rows of ``width`` channels in blocks of ``rows``
+    called."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(total, width, generator=gen, requires_grad=True)
+    shapes = ((4 * width, width), (4 * width,), (width, 4 * width), (width,))
+    params = [torch.randn(shape, generator=gen).requires_grad_() for shape in shapes]
+    with torch.autograd.profiler.profile() as prof:
+        ops.blocked_mlp(x, *params, rows=rows).sum().backward()
+    return [event.name for event in prof.function_events]

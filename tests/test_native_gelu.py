@@ -5,9 +5,7 @@ through the exact GELU in place, its column sums and the GELU itself in one pass
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_helpers import needs_native
-
-from convnext_backbone import ops
+from kernel_helpers import needs_native, training_mlp_ops
 
 pytestmark = [pytest.mark.core, needs_native]
 
@@ -78,13 +76,6 @@ def test_gelu_backward_refuses_what_it_cannot_read(bad):
 
 @pytest.mark.parametrize('rows', [950, 96], ids=['one-block', 'blocked'])
 def test_the_training_mlp_backward_runs_our_gelu_kernel(rows):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(950, 16, generator=gen, requires_grad=True)
-    params = [torch.randn(64, 16, generator=gen), torch.randn(64, generator=gen),
-              torch.randn(16, 64, generator=gen), torch.randn(16, generator=gen)]
-    params = [p.requires_grad_() for p in params]
-    with torch.autograd.profiler.profile() as prof:
-        ops.blocked_mlp(x, *params, rows=rows).sum().backward()
-    names = [e.name for e in prof.function_events]
+    names = training_mlp_ops(rows)
     assert names.count('convnext_backbone::gelu_backward_sum_') == -(-950 // rows)
     assert 'aten::gelu_backward' not in names

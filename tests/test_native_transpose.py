@@ -2,7 +2,7 @@
 MLP's weight gradients: the same values as ATen's copy of the transposed view, bit for bit."""
 import pytest
 import torch
-from kernel_helpers import needs_native
+from kernel_helpers import needs_native, training_mlp_ops
 
 from convnext_backbone import ops
 
@@ -39,12 +39,5 @@ def test_transposed_refuses_what_it_cannot_read_and_ops_falls_back(bad):
 
 @pytest.mark.parametrize('rows', [950, 96], ids=['one-block', 'blocked'])
 def test_the_training_mlp_backward_transposes_both_gradients_with_our_kernel(rows):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(950, 16, generator=gen, requires_grad=True)
-    params = [torch.randn(64, 16, generator=gen), torch.randn(64, generator=gen),
-              torch.randn(16, 64, generator=gen), torch.randn(16, generator=gen)]
-    params = [p.requires_grad_() for p in params]
-    with torch.autograd.profiler.profile() as prof:
-        ops.blocked_mlp(x, *params, rows=rows).sum().backward()
-    names = [e.name for e in prof.function_events]
+    names = training_mlp_ops(rows)
     assert names.count('convnext_backbone::transposed') == 2 * -(-950 // rows)
