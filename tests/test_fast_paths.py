@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_helpers import pin_op
+from kernel_helpers import pin_op, training_mlp_ops
 from reference import RefConvNeXt, randomise_
 
 from convnext_backbone import ConvNeXt, native, ops, tuning
@@ -320,12 +320,7 @@ def test_blocked_mlps_refuse_a_non_positive_block(rows):
 @pytest.mark.skipif(not ops.weight_packing_available(), reason='oneDNN packs no weights here')
 @pytest.mark.parametrize('rows', [40, 16], ids=['one-block', 'blocked'])
 def test_the_training_mlp_packs_weights_only_where_blocks_share_them(rows):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(40, 16, generator=gen, requires_grad=True)
-    params = [p.requires_grad_() for p in _mlp_params(16, gen)]
-    with torch.autograd.profiler.profile() as prof:
-        ops.blocked_mlp(x, *params, rows=rows).sum().backward()
-    names = [e.name for e in prof.function_events]
+    names = training_mlp_ops(rows, total=40, width=16)
     reorders = names.count('mkldnn::_reorder_linear_weight')
     assert reorders == 0 if rows == 40 else reorders >= 4  # blocked: w1, w2, then both^T
     assert names.count('_MLPBackward') == 1
