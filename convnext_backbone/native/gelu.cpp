@@ -28,6 +28,7 @@
 
 namespace {
 
+using convnext_native::bits_as;
 using convnext_native::kLanes;
 using convnext_native::load_vec;
 using convnext_native::store_vec;
@@ -39,13 +40,7 @@ constexpr int64_t kSumRows = 64;  // rows summed into a block sum before the col
 
 // v with the sign bit of s flipped in (a XOR of the sign bits).
 inline vfloat flip_sign(vfloat v, vfloat s) {
-  vint iv, is;
-  std::memcpy(&iv, &v, sizeof(iv));
-  std::memcpy(&is, &s, sizeof(is));
-  const vint bits = iv ^ (is & static_cast<int32_t>(0x80000000u));
-  vfloat out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
+  return bits_as<vfloat>(bits_as<vint>(v) ^ (bits_as<vint>(s) & static_cast<int32_t>(0x80000000u)));
 }
 
 // exp(x) for x <= 0 (Cephes expf); 0 below -87, where float32 has no normal number for it.
@@ -54,15 +49,10 @@ inline vfloat flip_sign(vfloat v, vfloat s) {
 // than ATen's there.
 inline vfloat exp_nonpositive(vfloat arg) {
   // |arg| and 87 as bits order as the numbers do (NaN above both): min by the sign of b - c
-  vint b;
-  std::memcpy(&b, &arg, sizeof(b));
-  b &= 0x7FFFFFFF;
+  const vint b = bits_as<vint>(arg) & 0x7FFFFFFF;
   const int32_t c = 0x42AE0000;  // 87.0f
   const vint over = (c - b) >> 31;  // all ones where |arg| > 87 (or NaN)
-  const vint clamped = b - ((b - c) & over);
-  vfloat x;
-  std::memcpy(&x, &clamped, sizeof(x));
-  x = -x;
+  const vfloat x = -bits_as<vfloat>(vint(b - ((b - c) & over)));
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an int
   const vfloat n = (x * 1.44269504088896341f + magic) - magic;
   vfloat r = x - n * 0.693359375f;
@@ -73,15 +63,8 @@ inline vfloat exp_nonpositive(vfloat arg) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * (r * r) + r + 1.0f;
-  const vint pow2 = (__builtin_convertvector(n, vint) + 127) << 23;
-  vfloat scale;
-  std::memcpy(&scale, &pow2, sizeof(scale));
-  vfloat e = y * scale;
-  vint bits;
-  std::memcpy(&bits, &e, sizeof(bits));
-  bits &= ~over;
-  std::memcpy(&e, &bits, sizeof(e));
-  return e;
+  const vfloat scale = bits_as<vfloat>(vint((__builtin_convertvector(n, vint) + 127) << 23));
+  return bits_as<vfloat>(vint(bits_as<vint>(y * scale) & ~over));  // 0 where over
 }
 
 struct Phi {

@@ -18,6 +18,15 @@ typedef uint16_t vhalf __attribute__((vector_size(kLanes * sizeof(uint16_t))));
 
 #define TARGETS __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
+// The bits of v read as a To of the same size (std::bit_cast, which C++17 lacks).
+template <typename To, typename From>
+inline To bits_as(const From& v) {
+  static_assert(sizeof(To) == sizeof(From), "bits_as: sizes differ");
+  To out;
+  std::memcpy(&out, &v, sizeof(out));
+  return out;
+}
+
 inline vfloat load_vec(const float* p) {
   vfloat v;
   std::memcpy(&v, p, sizeof(v));
@@ -27,26 +36,17 @@ inline vfloat load_vec(const float* p) {
 inline vfloat load_vec(const c10::BFloat16* p) {  // bfloat16 -> float32 is exact: a shift
   vhalf h;
   std::memcpy(&h, p, sizeof(h));
-  vuint u = __builtin_convertvector(h, vuint) << 16;
-  vfloat v;
-  std::memcpy(&v, &u, sizeof(v));
-  return v;
+  return bits_as<vfloat>(vuint(__builtin_convertvector(h, vuint) << 16));
 }
 
 // v rounded to bfloat16 (round to nearest even, NaN kept), as float32.
 inline vuint round_bits(vfloat v) {
-  vuint u;
-  std::memcpy(&u, &v, sizeof(u));
+  const vuint u = bits_as<vuint>(v);
   const vuint rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
   return v != v ? u : rounded;
 }
 
-inline vfloat round_vec(vfloat v) {
-  const vuint u = round_bits(v);
-  vfloat out;
-  std::memcpy(&out, &u, sizeof(out));
-  return out;
-}
+inline vfloat round_vec(vfloat v) { return bits_as<vfloat>(round_bits(v)); }
 
 inline void store_vec(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
 
