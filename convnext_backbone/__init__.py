@@ -21,6 +21,7 @@ from .archs import ARCH_SETTINGS  # noqa: E402
 from .checkpoint import CheckpointError, convert_state_dict, load_pretrained  # noqa: E402
 from .config import enable_config_prefix  # noqa: E402
 from .convnext import ConvNeXt  # noqa: E402
+from .frozen import frozen_weights  # noqa: E402
 from .layer_decay import LayerDecayOptimizerConstructor  # noqa: E402
 
 # mmengine 0.10.7 resolves 'mmdet::' / 'mmseg::' config paths through pkg_resources, which warns at
@@ -32,4 +33,5 @@ enable_config_prefix()
 
 __version__ = '0.2.0'
 __all__ = ['ARCH_SETTINGS', 'STACK', 'CheckpointError', 'ConvNeXt',
-           'LayerDecayOptimizerConstructor', 'convert_state_dict', 'load_pretrained']
+           'LayerDecayOptimizerConstructor', 'convert_state_dict', 'frozen_weights',
+           'load_pretrained']

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native, tuning
+from . import frozen, native, tuning
 from .ops import compute_dtype, dtype_name, row_count
 
 __all__ = ['NATIVE', 'PLAIN', 'dwconv_norm', 'head_shape', 'run_head']
@@ -41,12 +41,19 @@ def _native_args(x: torch.Tensor, dwconv: nn.Conv2d,
     rounding."""
     channels = x.shape[-1]
     rounded = compute_dtype(x) == torch.bfloat16
-    weight, bias = dwconv.weight, dwconv.bias
-    if rounded:
-        weight, bias = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
-    weight = weight.float().reshape(channels, 49).t().contiguous().view(7, 7, channels)
-    return (x, weight, bias.float().contiguous(), norm.weight.float().contiguous(),
-            norm.bias.float().contiguous(), rounded)
+
+    def as_conv_reads(t: torch.Tensor) -> torch.Tensor:
+        return (t.to(torch.bfloat16) if rounded else t).float()
+
+    def float32(t: torch.Tensor) -> torch.Tensor:
+        return frozen.prepared(t, 'float32', lambda: t.float().contiguous())
+
+    # made once inside frozen.frozen_weights, at every call otherwise
+    weight = frozen.prepared(dwconv.weight, ('head', rounded), lambda: as_conv_reads(
+        dwconv.weight).reshape(channels, 49).t().contiguous().view(7, 7, channels))
+    bias = frozen.prepared(dwconv.bias, ('head', rounded),
+                           lambda: as_conv_reads(dwconv.bias).contiguous())
+    return x, weight, bias, float32(norm.weight), float32(norm.bias), rounded
 
 
 def run_head(kernel: tuning.Kernel, x: torch.Tensor, dwconv: nn.Conv2d,

@@ -32,12 +32,12 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import compat, machine, native, tuning
+from . import compat, frozen, machine, native, tuning
 
 __all__ = ['BLOCK_FACTORS', 'ONEDNN', 'ONEDNN_ADD', 'PLAIN', 'block_rows', 'block_sizes',
-           'blocked', 'blocked_mlp', 'blocked_residual_mlp', 'compute_dtype', 'dtype_name',
+           'blocked', 'blocked_mlp', 'blocked_residual_mlp', 'cast', 'compute_dtype', 'dtype_name',
            'inference_kernels', 'inference_shape', 'linear', 'linear_add', 'linear_gelu',
-           'mkldnn_linear_available', 'mlp', 'packed', 'residual_mlp', 'row_count',
+           'mkldnn_linear_available', 'mlp', 'operand', 'packed', 'residual_mlp', 'row_count',
            'run_inference', 'run_training', 'thread_blocked', 'thread_blocked_residual_mlp',
            'thread_block_sizes', 'training_kernels', 'training_shape',
            'weight_packing_available']
@@ -135,6 +135,41 @@ def packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return weight
 
 
+def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor.to(dtype)``; inside :func:`~.frozen.frozen_weights` of its model, made once."""
+    if tensor.dtype == dtype:
+        return tensor
+    return frozen.prepared(tensor, ('cast', dtype), lambda: tensor.to(dtype))
+
+
+def operand(weight: torch.Tensor, dtype: torch.dtype, rows: int,
+            pack: bool = False) -> torch.Tensor:
+    """A Linear weight as oneDNN's products take it: in ``dtype`` and, with ``pack``,
+    :func:`packed` for products of ``rows`` rows. Inside :func:`~.frozen.frozen_weights` of its
+    model it is made once, for the rows of its first use: the products on a weight packed for
+    other rows give the same bits (``tests/test_frozen.py`` checks it on each torch).
+
+    Args:
+        weight (torch.Tensor): (out_features, in_features).
+        dtype (torch.dtype): The compute dtype.
+        rows (int): Rows of the products' input (a hint for the packed layout).
+        pack (bool): Packed (the blocked kernels), or as it is (oneDNN's products reorder it
+            themselves; packed, they give other bits on some torch versions, e.g. 2.1).
+            Defaults to False.
+
+    Returns:
+        torch.Tensor: The weight for ``torch.ops.mkldnn._linear_pointwise``.
+    """
+    def make() -> torch.Tensor:
+        with torch.autocast('cpu', enabled=False):
+            cast_weight = weight.to(dtype)
+            return packed(cast_weight, rows) if pack else cast_weight
+
+    if pack:
+        return frozen.prepared(weight, ('packed', dtype), make)
+    return cast(weight, dtype)
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the products run in: CPU autocast's (which leaves float64 alone), else ``x``'s."""
     if compat.autocast_enabled('cpu') and x.dtype != torch.float64:
@@ -159,7 +194,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     """
     dtype = compute_dtype(x)
     return torch.ops.mkldnn._linear_pointwise(
-        x.to(dtype), weight.to(dtype), bias.to(dtype), 'none', [], '')
+        x.to(dtype), operand(weight, dtype, row_count(x)), cast(bias, dtype), 'none', [], '')
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -169,7 +204,7 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     """
     dtype = compute_dtype(x)
     return torch.ops.mkldnn._linear_pointwise(
-        x.to(dtype), weight.to(dtype), bias.to(dtype), 'gelu', [], 'none')
+        x.to(dtype), operand(weight, dtype, row_count(x)), cast(bias, dtype), 'gelu', [], 'none')
 
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -188,7 +223,7 @@ def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """
     dtype = compute_dtype(x)
     return torch.ops.mkldnn._linear_pointwise.binary(
-        x.to(dtype), other, weight.to(dtype), bias.to(dtype), 'add')
+        x.to(dtype), other, operand(weight, dtype, row_count(x)), cast(bias, dtype), 'add')
 
 
 def block_rows(hidden: int, itemsize: int, threads: Optional[int] = None) -> int:
@@ -286,11 +321,10 @@ def _block_inputs(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch
     if rows < 1:
         raise ValueError(f'rows={rows!r} must be a positive int')
     dtype = compute_dtype(x)
-    w1, b1, w2, b2 = (t.to(dtype) for t in (w1, b1, w2, b2))
     x2 = x.to(dtype).reshape(-1, x.shape[-1])
-    with torch.autocast('cpu', enabled=False):
-        block = min(rows, x2.shape[0])
-        w1, w2 = packed(w1, block), packed(w2, block)
+    block = min(rows, x2.shape[0])
+    w1, w2 = (operand(w, dtype, block, pack=True) for w in (w1, w2))
+    b1, b2 = cast(b1, dtype), cast(b2, dtype)
     return x2, w1, b1, w2, b2, shortcut.reshape(-1, shortcut.shape[-1])
 
 
@@ -390,7 +424,8 @@ def inference_shape(x: torch.Tensor, w1: torch.Tensor, shortcut: torch.Tensor,
         op='inference', channels=x.shape[-1], hidden=w1.shape[0],
         dtype=dtype_name(compute_dtype(x)), residual=dtype_name(shortcut.dtype),
         layer_scale=scale is not None, grn=mid, input_grad=False,
-        rows_log2=row_count(x).bit_length(), threads=torch.get_num_threads())
+        rows_log2=row_count(x).bit_length(), threads=torch.get_num_threads(),
+        frozen=frozen.holds(w1))
 
 
 def _add_inside(x: torch.Tensor, shortcut: torch.Tensor, scale: Optional[torch.Tensor]) -> bool:
@@ -446,7 +481,8 @@ def run_inference(kernel: tuning.Kernel, x: torch.Tensor, w1: torch.Tensor, b1: 
         return _tail(shortcut, linear(hidden(linear_gelu(x, w1, b1)), w2, b2), scale)
     if kernel == ONEDNN_ADD and _add_inside(x, shortcut, scale):
         if scale is not None:  # folded into the product (float32)
-            w2, b2 = w2 * scale[:, None], b2 * scale
+            w2 = frozen.prepared(w2, ('scaled', id(scale)), lambda: w2 * scale[:, None])
+            b2 = frozen.prepared(b2, ('scaled', id(scale)), lambda: b2 * scale)
         return linear_add(hidden(linear_gelu(x, w1, b1)), w2, b2, shortcut)
     if kernel.name == 'blocked' and mid is None:
         return blocked_residual_mlp(x, w1, b1, w2, b2, shortcut, scale, kernel.rows)

@@ -99,6 +99,8 @@ class ShapeClass:
         input_grad (bool): Training: whether the input needs a gradient.
         rows_log2 (int): ``rows.bit_length()`` of the rows (N*H*W): rows within a factor 2.
         threads (int): torch's intra-op threads.
+        frozen (bool): Inference inside ``frozen.frozen_weights``: the weights are cast and
+            packed once, not at every call (which favours the kernels that pack them).
     """
     op: str
     channels: int
@@ -110,6 +112,7 @@ class ShapeClass:
     input_grad: bool
     rows_log2: int
     threads: int
+    frozen: bool = False
 
     @property
     def training(self) -> bool:
@@ -120,7 +123,8 @@ class ShapeClass:
         rows = f'rows {2 ** (self.rows_log2 - 1)}..{2 ** self.rows_log2 - 1}'
         extras = [f'residual {self.residual}' if self.residual else '',
                   'layer scale' if self.layer_scale else '', 'GRN' if self.grn else '',
-                  'input grad' if self.input_grad else '']
+                  'input grad' if self.input_grad else '',
+                  'frozen weights' if self.frozen else '']
         what = {'head': f'dwconv+LayerNorm C={self.channels}',
                 'output': f'output LayerNorm to NCHW C={self.channels}',
                 'training_dwconv': f'training dwconv 7x7 C={self.channels}'}.get(

@@ -169,3 +169,20 @@ def test_infer_names_a_missing_image(tmp_path, infer_models, capsys):
         load_tool('infer').main([config, ckpt, str(tmp_path / 'nope.jpg'), '--out', str(tmp_path)])
     assert re.search('error: image or folder not found: .*nope.jpg', capsys.readouterr().err)
 
+
+
+def test_infer_predicts_every_image_with_the_weights_frozen(tmp_path, infer_models, monkeypatch):
+    from convnext_backbone import frozen, inference
+    config, ckpt = infer_models['mmseg']
+    frozen_at_predict = []
+    real = inference.predict
+
+    def predict(inferencer, scope, image):
+        frozen_at_predict.append(frozen.holds(inferencer.model.backbone.downsample_layers[0][0].weight))
+        return real(inferencer, scope, image)
+
+    monkeypatch.setattr(inference, 'predict', predict)
+    images = _images(tmp_path / 'images')
+    load_tool('infer').main([config, ckpt, str(images / 'color.jpg'), str(images / 'gray.png'),
+                             '--out', str(tmp_path / 'out')])
+    assert frozen_at_predict == [True, True]

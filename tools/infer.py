@@ -30,7 +30,7 @@ import convnext_backbone  # noqa: F401
 import numpy as np
 import torch
 
-from convnext_backbone import cli, errors, precision
+from convnext_backbone import cli, errors, frozen_weights, precision
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -111,34 +111,36 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     failed: List[str] = []
     used: set = set()
     bar = ProgressBar(len(images)) if len(images) > 1 else None
-    for path in images:
-        try:
-            img = read_image(path)
-        except ValueError as err:
-            failed.append(str(err))
-        else:
-            with autocast():
-                sample = predict(inferencer, scope, img)
-            name = _output_name(path, used)
-            vis_path = osp.join(args.out, 'vis', name)
-            entry: Dict[str, Any] = {'image': path, 'width': int(img.shape[1]),
-                                     'height': int(img.shape[0]), 'visualization': vis_path}
-            if scope == 'mmdet':
-                entry.update(detection_entry(sample, classes, args.score_thr))
-                draw = dict(pred_score_thr=args.score_thr)
+    # the backbone casts and packs its weights once for all the images
+    with frozen_weights(inferencer.model):
+        for path in images:
+            try:
+                img = read_image(path)
+            except ValueError as err:
+                failed.append(str(err))
             else:
-                stats, label_map = segmentation_entry(sample, classes)
-                seg_path = osp.join(args.out, 'seg', osp.splitext(name)[0] + '.png')
-                dtype = np.uint8 if label_map.max(initial=0) < 256 else np.uint16
-                mmcv.imwrite(label_map.astype(dtype), seg_path)
-                entry['label_map'] = seg_path
-                entry.update(stats)
-                draw = {}
-            inferencer.visualizer.add_datasample(name, img[..., ::-1], sample, draw_gt=False,
-                                                 out_file=vis_path, **draw)
-            entries.append(entry)
-        if bar:
-            bar.update()
+                with autocast():
+                    sample = predict(inferencer, scope, img)
+                name = _output_name(path, used)
+                vis_path = osp.join(args.out, 'vis', name)
+                entry: Dict[str, Any] = {'image': path, 'width': int(img.shape[1]),
+                                         'height': int(img.shape[0]), 'visualization': vis_path}
+                if scope == 'mmdet':
+                    entry.update(detection_entry(sample, classes, args.score_thr))
+                    draw = dict(pred_score_thr=args.score_thr)
+                else:
+                    stats, label_map = segmentation_entry(sample, classes)
+                    seg_path = osp.join(args.out, 'seg', osp.splitext(name)[0] + '.png')
+                    dtype = np.uint8 if label_map.max(initial=0) < 256 else np.uint16
+                    mmcv.imwrite(label_map.astype(dtype), seg_path)
+                    entry['label_map'] = seg_path
+                    entry.update(stats)
+                    draw = {}
+                inferencer.visualizer.add_datasample(name, img[..., ::-1], sample, draw_gt=False,
+                                                     out_file=vis_path, **draw)
+                entries.append(entry)
+            if bar:
+                bar.update()
     if bar:
         sys.stdout.write('\n')
     with open(osp.join(args.out, 'predictions.json'), 'w', encoding='utf-8') as f:

@@ -24,7 +24,7 @@ from mmengine.config import ConfigDict
 from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 
-from convnext_backbone import cli, errors, precision
+from convnext_backbone import cli, errors, frozen_weights, precision
 from convnext_backbone.engine.dist import close_process_group, exit_process
 
 # mmdet's default flip TTA, as mmdet's tools/test.py builds it for configs without tta_model.
@@ -136,7 +136,8 @@ def main() -> None:
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
         runner.load_checkpoint(checkpoint, strict=True)
-        metrics = runner.test()
+        with frozen_weights(runner.model):  # the backbone casts and packs its weights once
+            metrics = runner.test()
 
     if is_main_process():
         path = osp.join(cfg.work_dir, 'test_metrics.json')
