@@ -6,7 +6,8 @@ the size the ADE20K test pipeline gives a 4:3 image) the config's model gets ran
 (:func:`confident_`: detections pass the score threshold, as a trained model's do), is exported
 once with the package's export into a temporary folder, and the same synthetic image is run by
 
-- ``PyTorch fp32``: ``model.test_step``, as ``tools/test.py`` runs it;
+- ``PyTorch fp32``: ``model.test_step``, as ``tools/test.py`` runs it (inside
+  ``frozen_weights``: the backbone's weights cast and packed once);
 - ``PyTorch bf16``: the same under bf16 autocast with the model prepared as
   ``tools/test.py --bf16`` prepares it (:func:`convnext_backbone.precision.prepare_bf16`);
 - ``ONNX Runtime fp32``, ``OpenVINO f32``, ``OpenVINO bf16``: ``test_step`` of the exported
@@ -22,6 +23,7 @@ bf16). A runtime that is not installed is left out in one line. ``open s`` is th
 an exported model once (ONNX Runtime's session, OpenVINO's read and compile of the file).
 """
 import argparse
+import contextlib
 import functools
 import os.path as osp
 import tempfile
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convnext_backbone import cli
+from convnext_backbone import cli, frozen_weights
 
 from .common import all_ok, autocast, interleaved, print_table, randomise_
 from .models import bf16_model, synthetic_batch
@@ -151,8 +153,11 @@ def bench_deploy_task(task: str, args: argparse.Namespace) -> bool:
             return module.test_step(batch)[0]
 
     runs['PyTorch fp32'] = functools.partial(pytorch, model, 'fp32')
+    frozen = contextlib.ExitStack()  # as tools/test.py runs them
+    frozen.enter_context(frozen_weights(model))
     if 'bf16' in args.dtypes:
-        runs['PyTorch bf16'] = functools.partial(pytorch, bf16_model(model), 'bf16')
+        bf16 = frozen.enter_context(frozen_weights(bf16_model(model)))
+        runs['PyTorch bf16'] = functools.partial(pytorch, bf16, 'bf16')
     wanted: List[str] = []
     for name, (runtime, precision, dtype) in RUNTIME_ROWS.items():
         if dtype not in args.dtypes:
@@ -163,7 +168,7 @@ def bench_deploy_task(task: str, args: argparse.Namespace) -> bool:
             print(f'# {name} left out: {err}')
             continue
         wanted.append(name)
-    with tempfile.TemporaryDirectory(prefix='convnext-deploy-') as folder:
+    with frozen, tempfile.TemporaryDirectory(prefix='convnext-deploy-') as folder:
         if wanted:
             path = osp.join(folder, 'model.onnx')
             with torch.no_grad():
