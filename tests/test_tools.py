@@ -180,8 +180,10 @@ def test_test_evaluates_draws_and_dumps_predictions(trained, tmp_path):
     config, work_dir, _ = trained
     out = tmp_path / 'preds.pkl'
     show = tmp_path / 'show'
-    check(tool('test.py', config, work_dir / 'epoch_1.pth', '--work-dir', tmp_path / 'test',
-               '--out', out, '--show-dir', show))
+    proc = check(tool('test.py', config, work_dir / 'epoch_1.pth', '--work-dir',
+                      tmp_path / 'test', '--out', out, '--show-dir', show))
+    # the backbone's inference kernels ran with its weights frozen (their decisions say so)
+    assert 'frozen weights' in proc.stdout + proc.stderr
     metrics = json.loads((tmp_path / 'test' / 'test_metrics.json').read_text())
     assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= set(metrics)
     assert all(0 <= metrics[k] <= 1 for k in ('coco/bbox_mAP', 'coco/segm_mAP'))
