@@ -37,10 +37,10 @@ from . import compat, frozen, machine, native, tuning
 __all__ = ['BLOCK_FACTORS', 'ONEDNN', 'ONEDNN_ADD', 'PLAIN', 'block_rows', 'block_sizes',
            'blocked', 'blocked_mlp', 'blocked_residual_mlp', 'cast', 'compute_dtype', 'dtype_name',
            'inference_kernels', 'inference_shape', 'linear', 'linear_add', 'linear_gelu',
-           'mkldnn_linear_available', 'mlp', 'operand', 'packed', 'residual_mlp', 'row_count',
-           'run_inference', 'run_training', 'thread_blocked', 'thread_blocked_residual_mlp',
-           'thread_block_sizes', 'training_kernels', 'training_shape',
-           'weight_packing_available']
+           'mkldnn_linear_available', 'mlp', 'packed', 'packed_operand', 'residual_mlp',
+           'row_count', 'run_inference', 'run_training', 'thread_blocked',
+           'thread_blocked_residual_mlp', 'thread_block_sizes', 'training_kernels',
+           'training_shape', 'weight_packing_available']
 
 
 @functools.lru_cache(maxsize=None)
@@ -142,32 +142,30 @@ def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return frozen.prepared(tensor, ('cast', dtype), lambda: tensor.to(dtype))
 
 
-def operand(weight: torch.Tensor, dtype: torch.dtype, rows: int,
-            pack: bool = False) -> torch.Tensor:
-    """A Linear weight as oneDNN's products take it: in ``dtype`` and, with ``pack``,
-    :func:`packed` for products of ``rows`` rows. Inside :func:`~.frozen.frozen_weights` of its
-    model it is made once, for the rows of its first use: the products on a weight packed for
-    other rows give the same bits (``tests/test_frozen.py`` checks it on each torch).
+def packed_operand(weight: torch.Tensor, dtype: torch.dtype, rows: int) -> torch.Tensor:
+    """``weight`` in ``dtype``, :func:`packed` for products of ``rows`` rows (the blocked
+    kernels' weights). Inside :func:`~.frozen.frozen_weights` of its model it is made once, for
+    the rows of its first use: the products on a weight packed for other rows give the same bits
+    (``tests/test_frozen.py`` checks it on each torch).
+
+    Note:
+        oneDNN's own products (:func:`linear`, :func:`linear_gelu`, :func:`linear_add`) take
+        their weights only cast (:func:`cast`) and reorder them themselves: on a packed weight
+        they give other bits on some torch versions (2.1).
 
     Args:
         weight (torch.Tensor): (out_features, in_features).
         dtype (torch.dtype): The compute dtype.
         rows (int): Rows of the products' input (a hint for the packed layout).
-        pack (bool): Packed (the blocked kernels), or as it is (oneDNN's products reorder it
-            themselves; packed, they give other bits on some torch versions, e.g. 2.1).
-            Defaults to False.
 
     Returns:
         torch.Tensor: The weight for ``torch.ops.mkldnn._linear_pointwise``.
     """
     def make() -> torch.Tensor:
         with torch.autocast('cpu', enabled=False):
-            cast_weight = weight.to(dtype)
-            return packed(cast_weight, rows) if pack else cast_weight
+            return packed(weight.to(dtype), rows)
 
-    if pack:
-        return frozen.prepared(weight, ('packed', dtype), make)
-    return cast(weight, dtype)
+    return frozen.prepared(weight, ('packed', dtype), make)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -194,7 +192,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     """
     dtype = compute_dtype(x)
     return torch.ops.mkldnn._linear_pointwise(
-        x.to(dtype), operand(weight, dtype, row_count(x)), cast(bias, dtype), 'none', [], '')
+        x.to(dtype), cast(weight, dtype), cast(bias, dtype), 'none', [], '')
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -204,7 +202,7 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     """
     dtype = compute_dtype(x)
     return torch.ops.mkldnn._linear_pointwise(
-        x.to(dtype), operand(weight, dtype, row_count(x)), cast(bias, dtype), 'gelu', [], 'none')
+        x.to(dtype), cast(weight, dtype), cast(bias, dtype), 'gelu', [], 'none')
 
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -223,7 +221,7 @@ def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """
     dtype = compute_dtype(x)
     return torch.ops.mkldnn._linear_pointwise.binary(
-        x.to(dtype), other, operand(weight, dtype, row_count(x)), cast(bias, dtype), 'add')
+        x.to(dtype), other, cast(weight, dtype), cast(bias, dtype), 'add')
 
 
 def block_rows(hidden: int, itemsize: int, threads: Optional[int] = None) -> int:
@@ -323,7 +321,7 @@ def _block_inputs(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch
     dtype = compute_dtype(x)
     x2 = x.to(dtype).reshape(-1, x.shape[-1])
     block = min(rows, x2.shape[0])
-    w1, w2 = (operand(w, dtype, block, pack=True) for w in (w1, w2))
+    w1, w2 = (packed_operand(w, dtype, block) for w in (w1, w2))
     b1, b2 = cast(b1, dtype), cast(b2, dtype)
     return x2, w1, b1, w2, b2, shortcut.reshape(-1, shortcut.shape[-1])
 
