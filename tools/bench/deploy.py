@@ -152,12 +152,11 @@ def bench_deploy_task(task: str, args: argparse.Namespace) -> bool:
         with torch.no_grad(), autocast(dtype):
             return module.test_step(batch)[0]
 
-    runs['PyTorch fp32'] = functools.partial(pytorch, model, 'fp32')
-    frozen = contextlib.ExitStack()  # as tools/test.py runs them
-    frozen.enter_context(frozen_weights(model))
+    pytorch_models = {'PyTorch fp32': (model, 'fp32')}
     if 'bf16' in args.dtypes:
-        bf16 = frozen.enter_context(frozen_weights(bf16_model(model)))
-        runs['PyTorch bf16'] = functools.partial(pytorch, bf16, 'bf16')
+        pytorch_models['PyTorch bf16'] = (bf16_model(model), 'bf16')
+    runs.update((name, functools.partial(pytorch, module, dtype))
+                for name, (module, dtype) in pytorch_models.items())
     wanted: List[str] = []
     for name, (runtime, precision, dtype) in RUNTIME_ROWS.items():
         if dtype not in args.dtypes:
@@ -168,7 +167,10 @@ def bench_deploy_task(task: str, args: argparse.Namespace) -> bool:
             print(f'# {name} left out: {err}')
             continue
         wanted.append(name)
-    with frozen, tempfile.TemporaryDirectory(prefix='convnext-deploy-') as folder:
+    with contextlib.ExitStack() as frozen, \
+            tempfile.TemporaryDirectory(prefix='convnext-deploy-') as folder:
+        for module, _ in pytorch_models.values():  # as tools/test.py runs them
+            frozen.enter_context(frozen_weights(module))
         if wanted:
             path = osp.join(folder, 'model.onnx')
             with torch.no_grad():
