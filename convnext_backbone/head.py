@@ -35,11 +35,13 @@ def head_shape(x: torch.Tensor) -> tuning.ShapeClass:
 
 def _native_args(x: torch.Tensor, dwconv: nn.Conv2d,
                  norm: nn.LayerNorm) -> Tuple[torch.Tensor, ...]:
-    """The kernel's inputs: float32 parameters (the conv's as (7, 7, C)); where the conv
-    computes in bfloat16 (autocast, or a bfloat16 model) its weight and bias rounded to bfloat16
-    as the conv sees them, and whether the kernel reads a float32 input as its bfloat16
-    rounding."""
+    """The kernel's inputs: float32 parameters, the conv's in blocks of 16 channels (weight
+    (ceil(C / 16), 7, 7, 16), bias (ceil(C / 16) * 16,), zero past C), the layout the kernel
+    reads; where the conv computes in bfloat16 (autocast, or a bfloat16 model) its weight and
+    bias rounded to bfloat16 as the conv sees them, and whether the kernel reads a float32 input
+    as its bfloat16 rounding."""
     channels = x.shape[-1]
+    padded = -(-channels // 16) * 16
     rounded = compute_dtype(x) == torch.bfloat16
 
     def as_conv_reads(t: torch.Tensor) -> torch.Tensor:
@@ -48,11 +50,15 @@ def _native_args(x: torch.Tensor, dwconv: nn.Conv2d,
     def float32(t: torch.Tensor) -> torch.Tensor:
         return frozen.prepared(t, 'float32', lambda: t.float().contiguous())
 
+    def blocked_weight() -> torch.Tensor:
+        weight = F.pad(as_conv_reads(dwconv.weight).reshape(channels, 49),
+                       (0, 0, 0, padded - channels))
+        return weight.view(padded // 16, 16, 7, 7).permute(0, 2, 3, 1).contiguous()
+
     # made once inside frozen.frozen_weights, at every call otherwise
-    weight = frozen.prepared(dwconv.weight, ('head', rounded), lambda: as_conv_reads(
-        dwconv.weight).reshape(channels, 49).t().contiguous().view(7, 7, channels))
-    bias = frozen.prepared(dwconv.bias, ('head', rounded),
-                           lambda: as_conv_reads(dwconv.bias).contiguous())
+    weight = frozen.prepared(dwconv.weight, ('head', rounded), blocked_weight)
+    bias = frozen.prepared(dwconv.bias, ('head', rounded), lambda: F.pad(
+        as_conv_reads(dwconv.bias), (0, padded - channels)).contiguous())
     return x, weight, bias, float32(norm.weight), float32(norm.bias), rounded
 
 

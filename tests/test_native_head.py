@@ -32,11 +32,13 @@ def _head(channels, seed=0):
 
 
 @needs_native
-@pytest.mark.parametrize('shape', [(1, 23, 37, 96), (2, 5, 3, 40), (1, 1, 1, 16), (1, 9, 12, 20)],
-                         ids=str)
+@pytest.mark.parametrize('shape', [(1, 23, 37, 96), (2, 5, 3, 40), (1, 1, 1, 16), (1, 9, 12, 20),
+                                   (1, 6, 24, 32), (1, 4, 25, 48)], ids=str)
 def test_the_kernel_equals_the_modules_in_float32_at_every_border_and_width(shape):
-    # 40 and 20 channels: a vector remainder; 5x3 and 1x1 images: every window column and row
-    # falls partly outside the image
+    # 40 and 20 channels: a vector remainder (a block of 16 channels partly past C); 5x3 and 1x1
+    # images: every window column and row falls partly outside the image. Widths: 37 = two
+    # tiles of 16 and a narrow one of 8 for the last 5 columns; 24 = 16 + exactly 8; 25 = 16 + a
+    # tile of 16 with 9 columns inside the image; 12 and 3: one tile, partly past the image
     conv, norm = _head(shape[-1])
     x = torch.randn(shape)
     with torch.no_grad():

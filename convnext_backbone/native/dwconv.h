@@ -1,6 +1,7 @@
-// The depthwise 7x7 conv (zero padding 3, stride 1) of float32 NHWC rows, 8 output columns at a
-// time: the conv of our kernels (dwconv_norm.cpp: the block's head; dwconv_grad.cpp: the conv's
-// backward). Needs vec.h.
+// The depthwise 7x7 conv (zero padding 3, stride 1) of float32 NHWC rows read in place, 8 output
+// columns at a time: the conv of the conv's backward (dwconv_grad.cpp). Its size and padding are
+// also those of the block's head (dwconv_norm.cpp), which reads its rows from a ring of its own.
+// Needs vec.h.
 #pragma once
 
 #include <algorithm>
@@ -100,25 +101,6 @@ inline void conv_tile(const Window<>& win, const float* w, const float* bias, fl
           if (iw >= 0 && iw < W) s += win.rows[kh][iw * C + c] * w[(kh * kSize + kw) * C + c];
         }
       }
-      acc[j * C + c] = s;
-    }
-  }
-}
-
-// conv_tile for rows with kPad zero columns before the image and at least kTile - 1 + kPad after
-// it (the RowRing of dwconv_norm.cpp): every tile is computed as an interior one, all kTile
-// columns, with no bounds to check.
-template <typename T>
-void conv_padded_tile(const Window<T>& win, const float* w, const float* bias, float* acc,
-                      int64_t C, int64_t w0) {
-  const int64_t vec_c = C / kLanes * kLanes;
-  for (int64_t c0 = 0; c0 < vec_c; c0 += kLanes) conv_interior<T>(win, w, bias, acc, C, w0, c0);
-  for (int64_t c = vec_c; c < C; ++c) {  // channels beyond the last full vector
-    for (int64_t j = 0; j < kTile; ++j) {
-      float s = bias[c];
-      for (int64_t kh = win.kh0; kh < win.kh1; ++kh)
-        for (int64_t kw = 0; kw < kSize; ++kw)
-          s += load_one(win.rows[kh] + (w0 + j + kw - kPad) * C + c) * w[(kh * kSize + kw) * C + c];
       acc[j * C + c] = s;
     }
   }

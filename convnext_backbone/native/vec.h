@@ -1,12 +1,15 @@
 // Vector helpers of our kernels (dwconv_norm.cpp, layer_norm_nchw.cpp): 16 float32 lanes as GCC
 // vector extensions, loads and stores of float32 and bfloat16, bfloat16 rounding (to nearest
-// even, NaN kept, as c10::BFloat16 rounds), and sums of lanes.
+// even, NaN kept, as c10::BFloat16 rounds), sums of lanes, and zeroed float buffers aligned to
+// a cache line.
 #pragma once
 
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <new>
 
 namespace convnext_native {
 
@@ -74,5 +77,22 @@ inline float lane_sum(vfloat v) {
                     __builtin_shufflevector(a, a, 4, 5, 6, 7);
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
+
+// n floats, zeroed, the first at a 64-byte boundary (std::vector's at 16 bytes: a 16-float
+// vector load from it at a multiple of 16 floats would then straddle two cache lines).
+class AlignedFloats {
+ public:
+  explicit AlignedFloats(int64_t n)
+      : data_(static_cast<float*>(::operator new(n * sizeof(float), std::align_val_t(64)))) {
+    std::memset(data_.get(), 0, n * sizeof(float));
+  }
+  float* data() { return data_.get(); }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { ::operator delete(p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<float, Free> data_;
+};
 
 }  // namespace convnext_native
