@@ -35,6 +35,22 @@ def test_backbone_rows_floors_and_training_run_channels_last_on_the_cpu_device()
     assert 'Training step (fp32, forward + backward)' in out
 
 
+def test_head_times_every_head_kernel_per_stage_and_sums_one_forward():
+    from convnext_backbone import native
+    out = _benchmark('--head', '--arch', 'atto', '--shape', '64', '64', '--dtypes', 'fp32')
+    kernels = ['plain', 'native'] if native.available() else ['plain']
+    for kernel in kernels:
+        rows = [re.search(rf'^\| fp32 \| {i} \| \(1, {64 // 2 ** (i + 2)}, {64 // 2 ** (i + 2)}, '
+                          rf'{dim}\) \| {kernel} \| ([\d.]+) \|', out, re.M)
+                for i, dim in enumerate((40, 80, 160, 320))]
+        assert all(rows), out
+        total = re.search(rf'^\| fp32 \| all \| 12 blocks \| {kernel} \| ([\d.]+) \|', out, re.M)
+        assert total, out
+        # atto's depths (2, 2, 6, 2): one forward's heads, from the printed (rounded) medians
+        want = sum(float(r.group(1)) * d for r, d in zip(rows, (2, 2, 6, 2)))
+        assert abs(float(total.group(1)) - want) <= 0.05 + 0.005 * 12, out
+
+
 def test_fp16_on_the_cpu_and_an_unknown_device_are_refused_in_one_line():
     for args, message in ((['--dtypes', 'fp16'], 'CPU autocast computes in bf16 only'),
                           (['--device', 'tpu'], "use 'cpu' or 'cuda[:N]'")):

@@ -74,6 +74,7 @@ from bench.config import bench_config
 from bench.deploy import DEPLOY, bench_deploy
 from bench.e2e import E2E, bench_e2e
 from bench.engines import ENGINES
+from bench.head import bench_head
 from bench.inference import bench_inference
 from bench.mlp import bench_mlp
 from bench.peers import TIMM_NAMES
@@ -126,6 +127,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='with --train: peak memory with and without with_cp')
     parser.add_argument('--mlp', action='store_true',
                         help='time the block MLP candidates (plain, oneDNN, blocked) per stage')
+    parser.add_argument('--head', action='store_true',
+                        help='time the block head kernels (dwconv 7x7 -> LayerNorm: plain, ours) '
+                             'per stage and precision')
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile (inductor) the backbone: check and time it')
     parser.add_argument('--config', help='a detector/segmentor config: time its test_step')
@@ -153,10 +157,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error('--before runs the earlier checkout on the CPU only')
     if cuda and args.engines is not None:
         parser.error('--engines times CPU engines: use --device cpu')
-    if args.engines is not None and (args.e2e or args.config or args.mlp or args.compile
-                                     or args.no_inference):
+    if args.engines is not None and (args.e2e or args.config or args.mlp or args.head
+                                     or args.compile or args.no_inference):
         parser.error('--engines is timed in the backbone inference mode: leave out --e2e, '
-                     '--config, --mlp, --compile and --no-inference')
+                     '--config, --mlp, --head, --compile and --no-inference')
     if args.busy < 0:
         parser.error(f'--busy {args.busy}: give a number of processes >= 0')
     if args.dtypes is None and cuda:
@@ -188,6 +192,8 @@ def run_mode(args: argparse.Namespace) -> bool:
         return bench_config(args)
     if args.mlp:
         return bench_mlp(args)
+    if args.head:
+        return bench_head(args)
     if args.compile:
         return bench_compile(args)
     ok = True
