@@ -20,9 +20,13 @@ from torch import nn
 from . import frozen, native, tuning
 from .ops import compute_dtype, dtype_name, row_count
 
-__all__ = ['NATIVE', 'PLAIN', 'dwconv_norm', 'head_shape', 'run_head']
+__all__ = ['CHANNEL_BLOCK', 'NATIVE', 'PLAIN', 'dwconv_norm', 'head_shape', 'run_head']
 
 PLAIN, NATIVE = native.PLAIN, native.NATIVE
+
+#: Channels per block of the layout in which the kernel reads the conv's parameters (its vector
+#: width, ``kLanes`` of ``native/vec.h``).
+CHANNEL_BLOCK = 16
 
 
 def head_shape(x: torch.Tensor) -> tuning.ShapeClass:
@@ -35,13 +39,13 @@ def head_shape(x: torch.Tensor) -> tuning.ShapeClass:
 
 def _native_args(x: torch.Tensor, dwconv: nn.Conv2d,
                  norm: nn.LayerNorm) -> Tuple[torch.Tensor, ...]:
-    """The kernel's inputs: float32 parameters, the conv's in blocks of 16 channels (weight
-    (ceil(C / 16), 7, 7, 16), bias (ceil(C / 16) * 16,), zero past C), the layout the kernel
-    reads; where the conv computes in bfloat16 (autocast, or a bfloat16 model) its weight and
-    bias rounded to bfloat16 as the conv sees them, and whether the kernel reads a float32 input
-    as its bfloat16 rounding."""
+    """The kernel's inputs: float32 parameters, the conv's in blocks of :data:`CHANNEL_BLOCK`
+    channels (weight (ceil(C / 16), 7, 7, 16), bias (ceil(C / 16) * 16,), zero past C), the
+    layout the kernel reads; where the conv computes in bfloat16 (autocast, or a bfloat16
+    model) its weight and bias rounded to bfloat16 as the conv sees them, and whether the
+    kernel reads a float32 input as its bfloat16 rounding."""
     channels = x.shape[-1]
-    padded = -(-channels // 16) * 16
+    padded = -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
     rounded = compute_dtype(x) == torch.bfloat16
 
     def as_conv_reads(t: torch.Tensor) -> torch.Tensor:
@@ -53,7 +57,8 @@ def _native_args(x: torch.Tensor, dwconv: nn.Conv2d,
     def blocked_weight() -> torch.Tensor:
         weight = F.pad(as_conv_reads(dwconv.weight).reshape(channels, 49),
                        (0, 0, 0, padded - channels))
-        return weight.view(padded // 16, 16, 7, 7).permute(0, 2, 3, 1).contiguous()
+        return weight.view(padded // CHANNEL_BLOCK, CHANNEL_BLOCK, 7, 7).permute(
+            0, 2, 3, 1).contiguous()
 
     # made once inside frozen.frozen_weights, at every call otherwise
     weight = frozen.prepared(dwconv.weight, ('head', rounded), blocked_weight)
