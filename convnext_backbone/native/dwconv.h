@@ -11,24 +11,21 @@
 #include "vec.h"
 
 namespace convnext_native {
-namespace {  // each includer compiles its own clones (target_clones on templates)
+namespace {  // each includer compiles its own clones (target_clones)
 
 constexpr int64_t kSize = 7, kPad = 3;
 constexpr int64_t kTile = 8;    // output columns computed together (one accumulator each)
 
 // The input rows a window of output row h reads: rows[kh] is input row h + kh - 3 (W pixels of C
-// values: float32, or bfloat16 read as float32) for kh0 <= kh < kh1, the window rows inside the
-// image.
-template <typename T = float>
+// float32 values) for kh0 <= kh < kh1, the window rows inside the image.
 struct Window {
-  const T* rows[kSize];
+  const float* rows[kSize];
   int64_t kh0, kh1;
 };
 
 // The window of output row h of an image of H rows, each of row_len values, read in place.
-template <typename T = float>
-Window<T> window_of(const T* image, int64_t H, int64_t row_len, int64_t h) {
-  Window<T> win;
+Window window_of(const float* image, int64_t H, int64_t row_len, int64_t h) {
+  Window win;
   win.kh0 = std::max<int64_t>(0, kPad - h);
   win.kh1 = std::min<int64_t>(kSize, H + kPad - h);
   for (int64_t kh = 0; kh < kSize; ++kh)
@@ -39,8 +36,7 @@ Window<T> window_of(const T* image, int64_t H, int64_t row_len, int64_t h) {
 // acc[j * C + c0 ..] for the kTile output columns w0 .. w0 + kTile - 1, every window column
 // inside the image: per window row, its kTile + 6 input vectors are loaded once and each weight
 // vector once, into kTile accumulators (the loops unroll into registers).
-template <typename T>
-TARGETS void conv_interior(const Window<T>& win, const float* w, const float* bias, float* acc,
+TARGETS void conv_interior(const Window& win, const float* w, const float* bias, float* acc,
                            int64_t C, int64_t w0, int64_t c0) {
   constexpr int kSpan = kTile + kSize - 1;
   vfloat sum[kTile];
@@ -48,7 +44,7 @@ TARGETS void conv_interior(const Window<T>& win, const float* w, const float* bi
 #pragma GCC unroll 8
   for (int j = 0; j < kTile; ++j) sum[j] = b;
   for (int64_t kh = win.kh0; kh < win.kh1; ++kh) {
-    const T* px = win.rows[kh] + (w0 - kPad) * C + c0;
+    const float* px = win.rows[kh] + (w0 - kPad) * C + c0;
     const float* pw = w + kh * kSize * C + c0;
     vfloat in[kSpan];
 #pragma GCC unroll 14
@@ -66,7 +62,7 @@ TARGETS void conv_interior(const Window<T>& win, const float* w, const float* bi
 
 // acc[c0 ..] for one output column wo, window columns outside the image skipped (the zero
 // padding).
-TARGETS void conv_column(const Window<>& win, const float* w, const float* bias, float* acc,
+TARGETS void conv_column(const Window& win, const float* w, const float* bias, float* acc,
                          int64_t W, int64_t C, int64_t wo, int64_t c0) {
   vfloat s = load_vec(bias + c0);
   const int64_t kw0 = std::max<int64_t>(0, kPad - wo);
@@ -81,13 +77,13 @@ TARGETS void conv_column(const Window<>& win, const float* w, const float* bias,
 
 // acc[j * C + c] = bias[c] + the sum over the 7x7 window of x * w, for the `cols` (<= kTile)
 // output columns w0 .. w0 + cols - 1 of the output row whose window is win.
-inline void conv_tile(const Window<>& win, const float* w, const float* bias, float* acc,
+inline void conv_tile(const Window& win, const float* w, const float* bias, float* acc,
                       int64_t W, int64_t C, int64_t w0, int64_t cols) {
   const int64_t vec_c = C / kLanes * kLanes;
   const bool interior = cols == kTile && w0 >= kPad && w0 + kTile + kPad <= W;
   for (int64_t c0 = 0; c0 < vec_c; c0 += kLanes) {
     if (interior) {
-      conv_interior<float>(win, w, bias, acc, C, w0, c0);
+      conv_interior(win, w, bias, acc, C, w0, c0);
     } else {
       for (int64_t j = 0; j < cols; ++j) conv_column(win, w, bias, acc + j * C, W, C, w0 + j, c0);
     }

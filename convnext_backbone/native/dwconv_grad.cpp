@@ -139,7 +139,7 @@ at::Tensor dwconv7x7(const at::Tensor& x, const at::Tensor& weight) {
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / H, h = r % H;
-      const Window<> win = window_of<float>(xp + n * H * W * C, H, W * C, h);
+      const Window win = window_of(xp + n * H * W * C, H, W * C, h);
       for (int64_t w0 = 0; w0 < W; w0 += kTile)  // NHWC: the tile's sums are its output
         conv_tile(win, wp, bp, op + (r * W + w0) * C, W, C, w0, std::min(kTile, W - w0));
     }
